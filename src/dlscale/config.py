@@ -1,0 +1,54 @@
+"""Checks of the configuration that a JSON schema cannot express, with one clear message each.
+
+The schema (workflow/schemas/config.schema.yaml) checks types and ranges first; these check the
+values against each other and against the dataset, before any job starts.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+# Records in each split: both datasets have the MNIST shapes.
+DATASET_RECORDS = {
+    "mnist": {"train": 60000, "test": 10000},
+    "fashion-mnist": {"train": 60000, "test": 10000},
+}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run; the message lists every problem and its fix."""
+
+
+def config_problems(config: Dict) -> List[str]:
+    problems = []
+    name = config["dataset"]["name"]
+    records = DATASET_RECORDS[name]
+    too_big = [size for size in config["grid"]["sizes"] if size > records["train"]]
+    if too_big:
+        problems.append(
+            "grid.sizes %s exceed the %d training records of %s: use sizes <= %d"
+            % (too_big, records["train"], name, records["train"])
+        )
+    test_size = config["training"].get("test_size")
+    if test_size is not None and test_size > records["test"]:
+        problems.append(
+            "training.test_size %d exceeds the %d test records of %s: use <= %d or null"
+            % (test_size, records["test"], name, records["test"])
+        )
+    batch = config["training"]["batch_size"]
+    if "strong" in config.get("scaling_modes", ["strong"]):
+        # BigDL splits the global batch evenly over all cores and rejects the job mid-run otherwise.
+        bad = [cores for cores in config["grid"]["cores"] if batch % cores]
+        if bad:
+            problems.append(
+                "grid.cores %s do not divide training.batch_size %d (BigDL splits the global batch "
+                "evenly over the cores): use core counts that divide %d, or another batch size"
+                % (bad, batch, batch)
+            )
+    return problems
+
+
+def check_config(config: Dict) -> None:
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

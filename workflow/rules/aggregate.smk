@@ -1,0 +1,56 @@
+def existing_or_all_cells(wildcards):
+    """Every cell's metrics; with aggregate.allow_partial only those that exist."""
+    metrics = [cell_metrics(cell) for cell in all_cells()]
+    if config["aggregate"]["allow_partial"]:
+        return [path for path in metrics if os.path.exists(path)]
+    return metrics
+
+
+rule aggregate:
+    input:
+        existing_or_all_cells,
+    output:
+        cells=report(
+            f"{paths.tables_dir(DATASET)}/cells.csv",
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        missing=f"{paths.tables_dir(DATASET)}/missing_cells.csv",
+        tables=table_files(),
+    log:
+        f"results/logs/aggregate/{DATASET}.log",
+    params:
+        dataset=DATASET,
+        sizes=GRID["sizes"],
+        cores=GRID["cores"],
+        repetitions=GRID["repetitions"],
+        backends=config["backends"],
+        scaling_modes=config["scaling_modes"],
+        allow_partial=config["aggregate"]["allow_partial"],
+    conda:
+        "../../envs/driver.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule plot:
+    input:
+        cells=rules.aggregate.output.cells,
+    output:
+        **{
+            name: report(
+                f"{paths.figures_dir(DATASET)}/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Figures",
+            )
+            for name in paths.FIGURES
+        },
+    log:
+        f"results/logs/plot/{DATASET}.log",
+    params:
+        dataset=DATASET,
+        reference_dir=PUBLISHED_DIR,
+    conda:
+        "../../envs/driver.yaml"
+    script:
+        "../scripts/plot.py"

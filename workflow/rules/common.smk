@@ -1,0 +1,76 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The dlscale package (src/) must be importable by this file, by `script:`s in the driver
+# environment and by the cell's `python -m dlscale.cell` in the trainer environment.
+SRC_DIR = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in [SRC_DIR, os.environ.get("PYTHONPATH")] if p
+)
+
+from dlscale import paths  # noqa: E402
+from dlscale.config import check_config  # noqa: E402
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+check_config(config)
+
+DATASET = config["dataset"]["name"]
+GRID = config["grid"]
+PUBLISHED_DIR = str(Path(workflow.basedir) / "workflow" / "resources" / "published")
+IDX_FILES = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+]
+
+
+def trainer_python():
+    """The trainer environment's interpreter (Python 3.9 with pyspark, BigDL, Java 11)."""
+    if config["trainer"].get("python"):
+        return config["trainer"]["python"]
+    return str(Path(workflow.basedir) / ".venv" / "trainer" / "bin" / "python")
+
+
+def all_cells():
+    """(backend, scaling, size, cores, repetition) of every cell of the grid."""
+    return [
+        (backend, scaling, size, cores, rep)
+        for backend in config["backends"]
+        for scaling in config["scaling_modes"]
+        for size in GRID["sizes"]
+        for cores in GRID["cores"]
+        for rep in range(1, GRID["repetitions"] + 1)
+    ]
+
+
+def cell_metrics(cell):
+    return paths.cell_dir(DATASET, *cell) + "/metrics.json"
+
+
+def all_subsets():
+    return [paths.subset_dir(DATASET, size) for size in GRID["sizes"]] + [
+        paths.test_dir(DATASET)
+    ]
+
+
+def table_files():
+    stems = [
+        paths.table_stem(kind, phase, backend, scaling)
+        for backend in config["backends"]
+        for scaling in config["scaling_modes"]
+        for phase in paths.PHASES
+        for kind in paths.TABLE_KINDS
+    ]
+    tables = paths.tables_dir(DATASET)
+    return [f"{tables}/{stem}.{ext}" for stem in stems for ext in ("csv", "md")]
+
+
+def figure_files():
+    return [f"{paths.figures_dir(DATASET)}/{name}.png" for name in paths.FIGURES]

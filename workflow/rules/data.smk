@@ -1,0 +1,53 @@
+rule download:
+    output:
+        expand("resources/{{dataset}}/raw/{file}", file=IDX_FILES),
+    log:
+        "results/logs/download/{dataset}.log",
+    params:
+        dataset=lambda wc: wc.dataset,
+        offline_dir=config["dataset"].get("dir"),
+        mirrors=config["dataset"].get("mirrors"),
+    conda:
+        "../../envs/driver.yaml"
+    script:
+        "../scripts/download.py"
+
+
+rule partition_subset:
+    input:
+        rules.download.output,
+    output:
+        directory("resources/{dataset}/subsets/n{size}"),
+    log:
+        "results/logs/partition/{dataset}/n{size}.log",
+    params:
+        dataset=lambda wc: wc.dataset,
+        size=lambda wc: int(wc.size),
+        split="train",
+        seed=config["partition"]["seed"],
+        n_files=config["partition"]["files"],
+        test_size=None,
+    conda:
+        "../../envs/driver.yaml"
+    script:
+        "../scripts/partition.py"
+
+
+rule partition_test:
+    input:
+        rules.download.output,
+    output:
+        directory("resources/{dataset}/test"),
+    log:
+        "results/logs/partition/{dataset}/test.log",
+    params:
+        dataset=lambda wc: wc.dataset,
+        size=None,
+        split="test",
+        seed=config["partition"]["seed"],
+        n_files=config["partition"]["files"],
+        test_size=config["training"].get("test_size"),
+    conda:
+        "../../envs/driver.yaml"
+    script:
+        "../scripts/partition.py"
