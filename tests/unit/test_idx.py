@@ -1,0 +1,160 @@
+"""The IDX reader: good files round-trip; every kind of damage is a clear IdxFormatError."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlscale.datasets import CATALOG, content_sha256_of_file
+from dlscale.idx import IdxFormatError, load_split, read_images, read_labels, split_file_names
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_round_trip_gzip_and_plain(tmp_path, idx_factory):
+    images, labels = idx_factory.arrays(12)
+    gz = idx_factory.write(tmp_path / "i.gz", idx_factory.idx_bytes(images))
+    plain = idx_factory.write(tmp_path / "l", idx_factory.idx_bytes(labels), gz=False)
+    read_back = read_images(gz)
+    assert read_back.dtype == np.uint8 and read_back.shape == (12, 28, 28)
+    assert np.array_equal(read_back, images)
+    assert np.array_equal(read_labels(plain), labels)
+    read_back[0, 0, 0] ^= 1  # arrays are writable copies, not views of a read-only buffer
+
+
+def test_gzip_detected_by_content_not_name(tmp_path, idx_factory):
+    _, labels = idx_factory.arrays(11)
+    plain_named_gz = idx_factory.write(tmp_path / "labels.gz", idx_factory.idx_bytes(labels), gz=False)
+    assert np.array_equal(read_labels(plain_named_gz), labels)
+
+
+def _expect_error(path: Path, reader, *fragments: str) -> IdxFormatError:
+    with pytest.raises(IdxFormatError) as caught:
+        reader(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "rerun to download" in message  # the fix
+    for fragment in fragments:
+        assert fragment in message
+    return caught.value
+
+
+def test_wrong_magic_not_idx(tmp_path, idx_factory):
+    html = idx_factory.write(tmp_path / "x.gz", b"<html>404 Not Found</html>")
+    _expect_error(html, read_images, "not an IDX file", "<html>")
+
+
+def test_labels_file_read_as_images(tmp_path, idx_factory):
+    _, labels = idx_factory.arrays(10)
+    path = idx_factory.write(tmp_path / "swapped.gz", idx_factory.idx_bytes(labels))
+    _expect_error(path, read_images, "magic 2049", "expected 3", "2051")
+
+
+def test_wrong_dtype_byte(tmp_path, idx_factory):
+    _, labels = idx_factory.arrays(10)
+    path = idx_factory.write(tmp_path / "f.gz", idx_factory.idx_bytes(labels, dtype_code=0x0D))
+    _expect_error(path, read_labels, "0x0D", "0x08")
+
+
+def test_wrong_image_dimensions(tmp_path, idx_factory):
+    images = np.zeros((3, 32, 32), dtype=np.uint8)
+    path = idx_factory.write(tmp_path / "big.gz", idx_factory.idx_bytes(images))
+    _expect_error(path, read_images, "32x32", "28x28")
+
+
+def test_truncated_payload(tmp_path, idx_factory):
+    images, _ = idx_factory.arrays(10)
+    data = idx_factory.idx_bytes(images)[:-100]
+    path = idx_factory.write(tmp_path / "short.gz", data)
+    _expect_error(path, read_images, "truncated", "10 images", f"{10 * 784 - 100} bytes follow")
+
+
+def test_truncated_header(tmp_path, idx_factory):
+    path = idx_factory.write(tmp_path / "h.gz", bytes([0, 0, 8, 3, 0, 0]))
+    _expect_error(path, read_images, "header truncated")
+
+
+def test_trailing_bytes(tmp_path, idx_factory):
+    _, labels = idx_factory.arrays(10)
+    path = idx_factory.write(tmp_path / "long.gz", idx_factory.idx_bytes(labels) + b"\x00" * 7)
+    _expect_error(path, read_labels, "7 trailing bytes")
+
+
+def test_declared_count_larger_than_payload(tmp_path, idx_factory):
+    _, labels = idx_factory.arrays(10)
+    path = idx_factory.write(tmp_path / "l.gz", idx_factory.idx_bytes(labels, dims=(11,)))
+    _expect_error(path, read_labels, "declares 11 labels")
+
+
+def test_truncated_gzip(tmp_path, idx_factory):
+    images, _ = idx_factory.arrays(10)
+    whole = gzip.compress(idx_factory.idx_bytes(images))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    _expect_error(path, read_images, "gzip stream is truncated")
+
+
+def test_corrupt_gzip(tmp_path, idx_factory):
+    images, _ = idx_factory.arrays(10)
+    data = bytearray(gzip.compress(idx_factory.idx_bytes(images)))
+    data[-6] ^= 0xFF  # inside the CRC32 / size trailer
+    path = tmp_path / "bad.gz"
+    path.write_bytes(bytes(data))
+    _expect_error(path, read_images, "gzip data is corrupt")
+
+
+def test_load_split_reads_both_files(tmp_path, idx_factory):
+    images, labels = idx_factory.write_split(tmp_path, "test", 15)
+    got_images, got_labels = load_split(tmp_path, "test")
+    assert np.array_equal(got_images, images) and np.array_equal(got_labels, labels)
+
+
+def test_load_split_accepts_plain_files(tmp_path, idx_factory):
+    images, labels = idx_factory.arrays(12)
+    for name, array in zip(split_file_names("train"), (images, labels)):
+        idx_factory.write(tmp_path / name.removesuffix(".gz"), idx_factory.idx_bytes(array), gz=False)
+    assert len(load_split(tmp_path, "train")[1]) == 12
+
+
+def test_load_split_count_mismatch(tmp_path, idx_factory):
+    idx_factory.write_split(tmp_path, "train", 20)
+    _, other_labels = idx_factory.arrays(19)
+    idx_factory.write(tmp_path / "train-labels-idx1-ubyte.gz", idx_factory.idx_bytes(other_labels))
+    with pytest.raises(IdxFormatError, match=r"20 images but .*train-labels.* has 19 labels.*delete both"):
+        load_split(tmp_path, "train")
+
+
+def test_load_split_label_out_of_range(tmp_path, idx_factory):
+    idx_factory.write_split(tmp_path, "train", 20)
+    labels = np.full(20, 12, dtype=np.uint8)
+    idx_factory.write(tmp_path / "train-labels-idx1-ubyte.gz", idx_factory.idx_bytes(labels))
+    with pytest.raises(IdxFormatError, match="label 12 found"):
+        load_split(tmp_path, "train")
+
+
+def test_load_split_missing_file_names_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz.*dataset\.dir"):
+        load_split(tmp_path, "train")
+
+
+def test_unknown_split(tmp_path):
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        load_split(tmp_path, "validation")
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(), reason=f"{DEBIAN_FASHION_MNIST} absent (Debian package fashion-mnist)"
+)
+def test_real_debian_fashion_mnist():
+    train_images, train_labels = load_split(DEBIAN_FASHION_MNIST, "train")
+    test_images, test_labels = load_split(DEBIAN_FASHION_MNIST, "test")
+    assert train_images.shape == (60000, 28, 28) and train_labels.shape == (60000,)
+    assert test_images.shape == (10000, 28, 28) and test_labels.shape == (10000,)
+    # Fashion-MNIST is balanced: 6000 / 1000 of each class
+    assert np.bincount(train_labels).tolist() == [6000] * 10
+    assert np.bincount(test_labels).tolist() == [1000] * 10
+    for entry in CATALOG["fashion-mnist"].files:
+        assert content_sha256_of_file(DEBIAN_FASHION_MNIST / entry.name) == entry.content_sha256, entry.name

@@ -1,0 +1,54 @@
+"""Snakemake script of the partition rule: write one training subset or the test split as Parquet.
+
+params: dataset, split ("train" | "test"), size (records, for "train"; None for "test"),
+seed, n_files, test_size (records of the test split, or None for all of it).
+input: the raw IDX files (all in one folder). output: the subset/test folder. log: one file.
+"""
+
+import logging
+from pathlib import Path
+
+from dlscale.partition import partition_subset, partition_test
+
+log = logging.getLogger("dlscale.partition")
+
+
+def main(smk) -> None:
+    params = smk.params
+    raw_dirs = {Path(path).parent for path in smk.input}
+    if len(raw_dirs) != 1:
+        raise ValueError(f"the partition inputs must share one folder, got {sorted(map(str, raw_dirs))}")
+    raw_dir, out_dir = raw_dirs.pop(), smk.output[0]
+    if params.split == "train":
+        manifest = partition_subset(
+            raw_dir, params.dataset, int(params.size), int(params.seed), int(params.n_files), out_dir
+        )
+    elif params.split == "test":
+        test_size = getattr(params, "test_size", None)
+        manifest = partition_test(
+            raw_dir,
+            params.dataset,
+            out_dir,
+            int(params.n_files),
+            test_size=None if test_size is None else int(test_size),
+            seed=int(params.seed),
+        )
+    else:
+        raise ValueError(f"params.split must be 'train' or 'test', got {params.split!r}")
+    log.info("wrote %d records in %d files to %s", manifest["records"], manifest["n_files"], out_dir)
+
+
+def _log_to(smk) -> None:
+    target = {"filename": smk.log[0]} if len(smk.log) else {}
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
+    )
+
+
+if __name__ == "__main__":
+    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
+    try:
+        main(snakemake)  # noqa: F821
+    except Exception:
+        log.exception("partition failed")
+        raise
