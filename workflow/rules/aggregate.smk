@@ -1,11 +1,3 @@
-def existing_or_all_cells(wildcards):
-    """Every cell's metrics; with aggregate.allow_partial only those that exist."""
-    metrics = [cell_metrics(cell) for cell in all_cells()]
-    if config["aggregate"]["allow_partial"]:
-        return [path for path in metrics if os.path.exists(path)]
-    return metrics
-
-
 rule aggregate:
     input:
         existing_or_all_cells,

@@ -10,9 +10,7 @@ min_version("9.0")
 # environment and by the cell's `python -m dlscale.cell` in the trainer environment.
 SRC_DIR = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [SRC_DIR, os.environ.get("PYTHONPATH")] if p
-)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC_DIR, os.getenv("PYTHONPATH")])))
 
 from dlscale import paths  # noqa: E402
 from dlscale.config import check_config  # noqa: E402
@@ -51,7 +49,15 @@ def all_cells():
 
 
 def cell_metrics(cell):
-    return paths.cell_dir(DATASET, *cell) + "/metrics.json"
+    return paths.metrics_file(DATASET, *cell)
+
+
+def existing_or_all_cells(wildcards):
+    """Every cell's metrics; with aggregate.allow_partial only those that exist."""
+    metrics = [cell_metrics(cell) for cell in all_cells()]
+    if config["aggregate"]["allow_partial"]:
+        return [path for path in metrics if os.path.exists(path)]
+    return metrics
 
 
 def all_subsets():

@@ -1,0 +1,85 @@
+"""Configuration: the schema and the cross-field checks give one clear error each."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from dlscale.config import ConfigError, check_config, config_problems
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def load(name):
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def merged_demo():
+    config = load("config.yaml")
+    for key, value in load("demo.yaml").items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return config
+
+
+@pytest.mark.parametrize("config", [load("config.yaml"), merged_demo()], ids=["published", "demo"])
+def test_shipped_configs_are_valid(config):
+    jsonschema.validate(config, SCHEMA)
+    assert config_problems(config) == []
+
+
+def test_published_grid_is_the_default():
+    config = load("config.yaml")
+    assert config["grid"]["cores"] == [1, 2, 4, 8, 16, 32]
+    assert config["grid"]["sizes"] == [1000, 5000, 10000, 30000, 60000]
+    assert config["training"]["batch_size"] == 64
+    assert config["dataset"]["name"] == "mnist"
+
+
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        (("dataset", "name"), "cifar10"),
+        (("grid", "cores"), [0, 1]),
+        (("grid", "sizes"), "1000"),
+        (("training", "epochs"), 0),
+        (("spark", "executor_memory"), "lots"),
+    ],
+)
+def test_schema_rejects(path, value):
+    config = copy.deepcopy(load("config.yaml"))
+    config[path[0]][path[1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(config, SCHEMA)
+
+
+def test_unknown_key_is_rejected():
+    config = copy.deepcopy(load("config.yaml"))
+    config["grid"]["corez"] = [1]
+    with pytest.raises(jsonschema.ValidationError, match="corez"):
+        jsonschema.validate(config, SCHEMA)
+
+
+def test_size_larger_than_dataset():
+    config = load("config.yaml")
+    config["grid"]["sizes"] = [1000, 70000]
+    with pytest.raises(ConfigError, match=r"\[70000\] exceed the 60000 training records of mnist"):
+        check_config(config)
+
+
+def test_cores_that_do_not_divide_the_batch():
+    config = load("config.yaml")
+    config["grid"]["cores"] = [1, 3, 6]
+    with pytest.raises(ConfigError, match=r"grid.cores \[3, 6\] do not divide training.batch_size 64"):
+        check_config(config)
+
+
+def test_weak_scaling_allows_any_core_count():
+    config = load("config.yaml")
+    config["grid"]["cores"] = [1, 3]
+    config["scaling_modes"] = ["weak"]
+    assert config_problems(config) == []
