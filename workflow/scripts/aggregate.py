@@ -1,0 +1,58 @@
+"""Snakemake script of the aggregate rule: the cells' metrics.json -> tables (logic in dlscale.aggregate).
+
+params: dataset, sizes, cores, repetitions (a count), backends, scaling_modes, allow_partial.
+input: the metrics.json files (with allow_partial, only those that exist; when the rule gives
+none, the grid's cells are looked up under the working directory via dlscale.paths.cell_dir).
+output: files in one folder (paths.tables_dir): cells.csv, missing_cells.csv and the tables.
+log: one file.
+"""
+
+import logging
+from pathlib import Path
+
+from dlscale.aggregate import Grid, aggregate
+
+log = logging.getLogger("dlscale.aggregate")
+
+
+def main(smk) -> None:
+    params = smk.params
+    grid = Grid.from_params(
+        params.dataset, params.backends, params.scaling_modes, params.sizes, params.cores, int(params.repetitions)
+    )
+    out_dirs = {Path(path).parent for path in smk.output}
+    if len(out_dirs) != 1:
+        raise ValueError(f"the aggregate outputs must share one folder, got {sorted(map(str, out_dirs))}")
+    metrics = list(smk.input) or None  # None: find the grid's existing cells on disk
+    written = aggregate(grid, out_dirs.pop(), metrics, workdir=Path.cwd(), allow_partial=bool(params.allow_partial))
+    _check_declared_outputs(smk.output, written)
+    log.info("wrote %d files", len(written))
+
+
+def _check_declared_outputs(declared, written) -> None:
+    """Fail here, with the names, rather than in Snakemake's 'missing output' check."""
+    produced = {Path(p).resolve() for p in written}
+    absent = [p for p in declared if Path(p).resolve() not in produced]
+    if absent:
+        raise RuntimeError(
+            "the rule declares outputs that dlscale.aggregate does not write: "
+            + ", ".join(absent)
+            + " (compare the rule's output with dlscale.aggregate.table_filenames)"
+        )
+
+
+def _log_to(smk) -> None:
+    target = {"filename": smk.log[0]} if len(smk.log) else {}
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
+    )
+    logging.captureWarnings(True)
+
+
+if __name__ == "__main__":
+    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
+    try:
+        main(snakemake)  # noqa: F821
+    except Exception:
+        log.exception("aggregate failed")
+        raise

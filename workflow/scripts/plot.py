@@ -1,0 +1,54 @@
+"""Snakemake script of the plot rule: cells.csv -> figures (logic in dlscale.plots).
+
+params: dataset, reference_dir (folder of the published seed_*.csv; the comparison figure
+notes its absence), and optionally sizes, cores, repetitions, backends, scaling_modes (the
+grid: missing cells then show as gaps instead of vanishing from the axes).
+input: cells (the aggregate rule's cells.csv). output: one PNG per name in paths.FIGURES,
+all in one folder. log: one file.
+"""
+
+import logging
+from pathlib import Path
+
+from dlscale.aggregate import Grid, read_cells_csv
+from dlscale.plots import plot_all
+
+log = logging.getLogger("dlscale.plots")
+
+GRID_PARAMS = ("backends", "scaling_modes", "sizes", "cores", "repetitions")
+
+
+def main(smk) -> None:
+    params = smk.params
+    grid = None
+    if all(hasattr(params, name) for name in GRID_PARAMS):
+        grid = Grid.from_params(params.dataset, *(getattr(params, name) for name in GRID_PARAMS))
+    out_dirs = {Path(path).parent for path in smk.output}
+    if len(out_dirs) != 1:
+        raise ValueError(f"the plot outputs must share one folder, got {sorted(map(str, out_dirs))}")
+    reference_dir = getattr(params, "reference_dir", None) or None
+    if reference_dir is None or not Path(reference_dir).is_dir():
+        log.warning("published tables not found (%s): the comparison figure shows ours only", reference_dir)
+    cells = read_cells_csv(smk.input.get("cells", smk.input[0]))
+    written = plot_all(cells, out_dirs.pop(), params.dataset, grid=grid, reference_dir=reference_dir)
+    produced = {p.resolve() for p in written}
+    absent = [p for p in smk.output if Path(p).resolve() not in produced]
+    if absent:
+        raise RuntimeError(f"the rule declares figures that dlscale.plots does not draw: {', '.join(absent)}")
+
+
+def _log_to(smk) -> None:
+    target = {"filename": smk.log[0]} if len(smk.log) else {}
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
+    )
+    logging.captureWarnings(True)
+
+
+if __name__ == "__main__":
+    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
+    try:
+        main(snakemake)  # noqa: F821
+    except Exception:
+        log.exception("plot failed")
+        raise
