@@ -12,12 +12,7 @@ rule aggregate:
     log:
         f"results/logs/aggregate/{DATASET}.log",
     params:
-        dataset=DATASET,
-        sizes=GRID["sizes"],
-        cores=GRID["cores"],
-        repetitions=GRID["repetitions"],
-        backends=config["backends"],
-        scaling_modes=config["scaling_modes"],
+        **grid_params(),
         allow_partial=config["aggregate"]["allow_partial"],
     conda:
         "../../envs/driver.yaml"
@@ -40,7 +35,7 @@ rule plot:
     log:
         f"results/logs/plot/{DATASET}.log",
     params:
-        dataset=DATASET,
+        **grid_params(),
         reference_dir=PUBLISHED_DIR,
     conda:
         "../../envs/driver.yaml"

@@ -13,6 +13,7 @@ sys.path.insert(0, SRC_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC_DIR, os.getenv("PYTHONPATH")])))
 
 from dlscale import paths  # noqa: E402
+from dlscale.aggregate import table_filenames  # noqa: E402
 from dlscale.config import check_config  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -67,15 +68,25 @@ def all_subsets():
 
 
 def table_files():
-    stems = [
-        paths.table_stem(kind, phase, backend, scaling)
-        for backend in config["backends"]
-        for scaling in config["scaling_modes"]
-        for phase in paths.PHASES
-        for kind in paths.TABLE_KINDS
+    """Every table the aggregate rule writes but cells.csv and missing_cells.csv."""
+    names = table_filenames(config["backends"], config["scaling_modes"])
+    return [
+        f"{paths.tables_dir(DATASET)}/{name}"
+        for name in names
+        if name not in ("cells.csv", "missing_cells.csv")
     ]
-    tables = paths.tables_dir(DATASET)
-    return [f"{tables}/{stem}.{ext}" for stem in stems for ext in ("csv", "md")]
+
+
+def grid_params():
+    """The expected grid, so aggregation and plots can tell missing cells from absent ones."""
+    return dict(
+        dataset=DATASET,
+        sizes=GRID["sizes"],
+        cores=GRID["cores"],
+        repetitions=GRID["repetitions"],
+        backends=config["backends"],
+        scaling_modes=config["scaling_modes"],
+    )
 
 
 def figure_files():
