@@ -4,7 +4,8 @@
 #   aggregate: aggregate -> plot
 
 
-configfile: "config/config.yaml"
+# The defaults live beside this file (so `-d <workdir>` runs find them); --configfile merges over.
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -17,7 +18,7 @@ include: "workflow/rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         table_files(),
         figure_files(),
-    default_target: True

@@ -11,11 +11,11 @@ rule aggregate:
         tables=table_files(),
     log:
         f"results/logs/aggregate/{DATASET}.log",
+    conda:
+        "../../envs/driver.yaml"
     params:
         **grid_params(),
         allow_partial=config["aggregate"]["allow_partial"],
-    conda:
-        "../../envs/driver.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -34,10 +34,10 @@ rule plot:
         },
     log:
         f"results/logs/plot/{DATASET}.log",
+    conda:
+        "../../envs/driver.yaml"
     params:
         **grid_params(),
         reference_dir=PUBLISHED_DIR,
-    conda:
-        "../../envs/driver.yaml"
     script:
         "../scripts/plot.py"

@@ -15,13 +15,13 @@ rule train_cell:
         size=r"\d+",
         cores=r"\d+",
         rep=r"\d+",
+    conda:
+        "../../envs/trainer.yaml"
     threads: lambda wc: int(wc.cores)
     params:
         python=trainer_python(),
         training=config["training"],
         spark=config["spark"],
-    conda:
-        "../../envs/trainer.yaml"
     shell:
         # The cell claims and confines itself to {wildcards.cores} CPUs, runs a transient Spark
         # standalone cluster and writes metrics.json only when everything succeeded.

@@ -10,7 +10,9 @@ min_version("9.0")
 # environment and by the cell's `python -m dlscale.cell` in the trainer environment.
 SRC_DIR = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC_DIR)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC_DIR, os.getenv("PYTHONPATH")])))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [SRC_DIR, os.getenv("PYTHONPATH")]))
+)
 
 from dlscale import paths  # noqa: E402
 from dlscale.aggregate import table_filenames  # noqa: E402

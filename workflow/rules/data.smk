@@ -3,12 +3,12 @@ rule download:
         expand("resources/{{dataset}}/raw/{file}", file=IDX_FILES),
     log:
         "results/logs/download/{dataset}.log",
+    conda:
+        "../../envs/driver.yaml"
     params:
         dataset=lambda wc: wc.dataset,
         offline_dir=config["dataset"].get("dir"),
         mirrors=config["dataset"].get("mirrors"),
-    conda:
-        "../../envs/driver.yaml"
     script:
         "../scripts/download.py"
 
@@ -20,6 +20,8 @@ rule partition_subset:
         directory("resources/{dataset}/subsets/n{size}"),
     log:
         "results/logs/partition/{dataset}/n{size}.log",
+    conda:
+        "../../envs/driver.yaml"
     params:
         dataset=lambda wc: wc.dataset,
         size=lambda wc: int(wc.size),
@@ -27,8 +29,6 @@ rule partition_subset:
         seed=config["partition"]["seed"],
         n_files=config["partition"]["files"],
         test_size=None,
-    conda:
-        "../../envs/driver.yaml"
     script:
         "../scripts/partition.py"
 
@@ -40,6 +40,8 @@ rule partition_test:
         directory("resources/{dataset}/test"),
     log:
         "results/logs/partition/{dataset}/test.log",
+    conda:
+        "../../envs/driver.yaml"
     params:
         dataset=lambda wc: wc.dataset,
         size=None,
@@ -47,7 +49,5 @@ rule partition_test:
         seed=config["partition"]["seed"],
         n_files=config["partition"]["files"],
         test_size=config["training"].get("test_size"),
-    conda:
-        "../../envs/driver.yaml"
     script:
         "../scripts/partition.py"

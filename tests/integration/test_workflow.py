@@ -1,0 +1,112 @@
+"""The whole DAG, end to end, with real BigDL on a tiny grid: download (offline folder) ->
+partition -> one transient Spark cluster per cell -> tables and figures -> HTML report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import DRIVER_BIN, FASHION_MNIST, REPO
+
+pytestmark = pytest.mark.integration
+
+SIZES = [256, 512]
+CORES = [1, 2]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [str(DRIVER_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"),
+               "--configfile", str(workdir / "test-config.yaml"), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Debian's dataset-fashion-mnist is missing: run `make fashion-mnist`")
+    workdir = tmp_path_factory.mktemp("study")
+    config = {
+        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
+        "grid": {"sizes": SIZES, "cores": CORES, "repetitions": 1},
+        "training": {"test_size": 500},
+        "partition": {"files": 4},
+    }
+    (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def metrics_of(workdir: Path):
+    return [json.loads(p.read_text()) for p in sorted((workdir / "results" / "cells").rglob("metrics.json"))]
+
+
+def test_every_cell_ran_confined_with_its_phase_timings(study):
+    metrics = metrics_of(study)
+    assert sorted((m["size"], m["cores"]) for m in metrics) == [(s, c) for s in SIZES for c in CORES]
+    for m in metrics:
+        assert m["dataset"] == "fashion-mnist"
+        assert len(m["cpus_allowed"]) <= m["cores"]
+        assert set(m["executor_cpus_allowed"]) <= set(m["cpus_allowed"])
+        assert m["threads"]["OMP_NUM_THREADS"] == ["1"]
+        assert m["versions"]["spark"] == "3.1.3" and m["versions"]["java"].startswith("11.")
+        assert m["versions"]["python"].startswith("3.9.") and m["versions"]["bigdl"] == "2.4.0"
+        t = m["timings_s"]
+        for phase in ("cluster_start", "data_load", "train", "evaluate", "cluster_stop"):
+            assert 0 <= t[phase] < t["total"], phase
+        assert t["total"] >= t["cluster_start"] + t["train"] + t["evaluate"]
+        assert m["records_per_s"] == pytest.approx(m["size"] * m["epochs"] / t["train"])
+        assert m["test_records"] == 500 and m["train_records"] == m["size"]
+        assert 0.15 < m["test_accuracy"] <= 1.0  # better than chance (0.1) after one epoch
+
+
+def test_tables_match_the_cells(study):
+    metrics = {(m["size"], m["cores"]): m for m in metrics_of(study)}
+    tables = study / "results" / "tables" / "fashion-mnist"
+    for phase in ("train", "total"):
+        runtime, speedup, efficiency = (
+            pd.read_csv(tables / f"{kind}_{phase}_bigdl_strong.csv", dtype={"size": str}).set_index("size")
+            for kind in ("runtime", "speedup", "efficiency")
+        )
+        assert list(runtime.columns) == ["cores_1", "cores_2"]
+        ratios = []
+        for size in SIZES:
+            t1, t2 = (metrics[(size, c)]["timings_s"][phase] for c in CORES)
+            row = str(size)
+            assert runtime.loc[row, "cores_1"] == pytest.approx(t1, abs=0.006)
+            assert runtime.loc[row, "cores_2"] == pytest.approx(t2, abs=0.006)
+            ratios.append(t1 / t2)
+            assert speedup.loc[row, "cores_2"] == pytest.approx(t1 / t2, abs=0.006)
+            assert efficiency.loc[row, "cores_2"] == pytest.approx(t1 / t2 / 2, abs=0.006)
+        assert speedup.loc["average", "cores_2"] == pytest.approx(sum(ratios) / len(ratios), abs=0.006)
+        heading = (tables / f"speedup_{phase}_bigdl_strong.md").read_text()
+        assert "fashion-mnist" in heading
+    cells = pd.read_csv(tables / "cells.csv")
+    assert len(cells) == len(SIZES) * len(CORES)
+
+
+def test_figures_and_report(study):
+    figures = study / "results" / "figures" / "fashion-mnist"
+    for name in ("runtime", "speedup", "efficiency", "published_vs_ours"):
+        png = figures / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = study / "report.html"
+    snakemake(study, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert "speedup.png" in html and "published_vs_ours.png" in html
+
+
+def test_rerun_does_nothing_and_keeps_results(study):
+    before = {p: p.read_bytes() for p in (study / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
+    proc = snakemake(study, "--cores", "2")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    after = {p: p.read_bytes() for p in (study / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert after == before
