@@ -183,15 +183,31 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
         return json.load(handle)
 
 
+def cell_id(args: argparse.Namespace) -> str:
+    return "n%d/c%d/r%d" % (args.size, args.cores, args.repetition)
+
+
+# Test-only fault switch: a comma-separated list of cell ids ("n256/c2/r1") that fail at once.
+# Used by the rerun tests to make one cell fail while the others complete.
+FAIL_CELLS_VAR = "DLSCALE_FAIL_CELLS"
+
+
+def check_injected_fault(args: argparse.Namespace) -> None:
+    if cell_id(args) in os.environ.get(FAIL_CELLS_VAR, "").split(","):
+        raise CellError("fault injected by %s for cell %s (tests only)" % (FAIL_CELLS_VAR, cell_id(args)))
+
+
 def run_cell(args: argparse.Namespace) -> dict:
+    check_injected_fault(args)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
     nodes = slurm_nodes()
     install = SparkInstall.discover()
-    with claimed_cpus(args.cores) as cpus, private_scratch() as scratch:
-        log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, args.cores, scratch)
+    cores_per_node = args.cores // max(1, len(nodes))  # one worker per node of the allocation
+    with claimed_cpus(cores_per_node) as cpus, private_scratch() as scratch:
+        log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, cores_per_node, scratch)
         host = socket.gethostname() if nodes else "127.0.0.1"  # loopback unless spanning nodes
-        cluster = StandaloneCluster(install, scratch, cores_per_worker=args.cores // max(1, len(nodes)),
+        cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
                                     worker_memory=args.worker_memory, host=host, worker_nodes=nodes)
         tick = time.time()
         try:
@@ -233,7 +249,7 @@ def run_cell(args: argparse.Namespace) -> dict:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cpus_allowed": cpus,
         "executor_cpus_allowed": executor_cpus,
-        "oversubscribed": len(cpus) < args.cores,
+        "oversubscribed": len(cpus) < cores_per_node,
         "threads": {
             "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
             "spark.executor.cores": args.cores,

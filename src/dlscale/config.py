@@ -45,6 +45,15 @@ def config_problems(config: Dict) -> List[str]:
                 "evenly over the cores): use core counts that divide %d, or another batch size"
                 % (bad, batch, batch)
             )
+    per_node = config.get("slurm", {}).get("cores_per_node")
+    if per_node:
+        uneven = [cores for cores in config["grid"]["cores"] if cores > per_node and cores % per_node]
+        if uneven:
+            problems.append(
+                "grid.cores %s span nodes but are not a multiple of slurm.cores_per_node %d "
+                "(one Spark worker of %d cores per node): use multiples of %d"
+                % (uneven, per_node, per_node, per_node)
+            )
     return problems
 
 

@@ -83,3 +83,13 @@ def test_weak_scaling_allows_any_core_count():
     config["grid"]["cores"] = [1, 3]
     config["scaling_modes"] = ["weak"]
     assert config_problems(config) == []
+
+
+def test_multinode_cores_must_fill_whole_nodes():
+    config = load("config.yaml")
+    config["slurm"] = {"cores_per_node": 24}
+    with pytest.raises(ConfigError, match=r"grid.cores \[32\] span nodes but are not a multiple of slurm.cores_per_node 24"):
+        check_config(config)
+    config["grid"]["cores"] = [1, 2, 4, 8, 16, 48]
+    config["training"]["batch_size"] = 96
+    assert config_problems(config) == []
