@@ -13,11 +13,18 @@ rule train_cell:
         backend="bigdl",
         scaling="strong|weak",
         size=r"\d+",
-        cores=r"\d+",
+        cores=single_node_cores(),
         rep=r"\d+",
     conda:
         "../../envs/trainer.yaml"
     threads: lambda wc: int(wc.cores)
+    resources:
+        # Slurm: one task with `cores` CPUs on one node (the jobstep plugin wraps it in srun -n1).
+        cpus_per_task=cell_cpus_per_node,
+        # `--resources timed_cell=1` (slurm/allocation.sbatch) runs the cells one at a time.
+        timed_cell=1,
+        mem_mb=cell_mem_mb,
+        runtime=cell_runtime,
     params:
         python=trainer_python(),
         training=config["training"],
@@ -35,4 +42,56 @@ rule train_cell:
         " --executor-memory {params.spark[executor_memory]}"
         " --driver-memory {params.spark[driver_memory]}"
         " --worker-memory {params.spark[worker_memory]}"
+        " > {log} 2>&1"
+
+
+# A cell with more cores than a node has spans nodes: one Spark worker per node, started by the
+# cell with srun. `mpi` keeps the jobstep plugin from wrapping the cell itself in `srun -n1`
+# (which would confine it to one task on the first node).
+use rule train_cell as train_cell_multinode with:
+    wildcard_constraints:
+        backend="bigdl",
+        scaling="strong|weak",
+        size=r"\d+",
+        cores=multinode_cores(),
+        rep=r"\d+",
+    resources:
+        nodes=cell_nodes,
+        tasks=cell_nodes,
+        cpus_per_task=cell_cpus_per_node,
+        mpi="srun",
+        timed_cell=1,
+        mem_mb=cell_mem_mb,
+        runtime=cell_runtime,
+
+
+rule train_cell_torch:
+    # The PyTorch peer: the same model, data, batch, optimizer and CPU confinement, no Spark.
+    input:
+        train=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
+        test=lambda wc: paths.test_dir(wc.dataset),
+        prepared=all_subsets(),
+    output:
+        "results/cells/{dataset}/torch/{scaling}/n{size}/c{cores}/r{rep}/metrics.json",
+    log:
+        "results/logs/cells/{dataset}/torch/{scaling}/n{size}/c{cores}/r{rep}.log",
+    wildcard_constraints:
+        scaling="strong|weak",
+        size=r"\d+",
+        cores=r"\d+",
+        rep=r"\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: lambda wc: int(wc.cores)
+    params:
+        python=torch_python(),
+        training=config["training"],
+    shell:
+        "{params.python} -m dlscale.torch_trainer"
+        " --dataset {wildcards.dataset} --scaling {wildcards.scaling}"
+        " --size {wildcards.size} --cores {wildcards.cores} --repetition {wildcards.rep}"
+        " --train-dir {input.train} --test-dir {input.test} --out {output}"
+        " --epochs {params.training[epochs]} --batch-size {params.training[batch_size]}"
+        " --optimizer {params.training[optimizer]}"
+        " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
         " > {log} 2>&1"

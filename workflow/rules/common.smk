@@ -39,6 +39,13 @@ def trainer_python():
     return str(Path(workflow.basedir) / ".venv" / "trainer" / "bin" / "python")
 
 
+def torch_python():
+    """The torch environment's interpreter (the PyTorch peer, backend: torch)."""
+    if config["trainer"].get("torch_python"):
+        return config["trainer"]["torch_python"]
+    return str(Path(workflow.basedir) / ".venv" / "torch" / "bin" / "python")
+
+
 def all_cells():
     """(backend, scaling, size, cores, repetition) of every cell of the grid."""
     return [
@@ -93,3 +100,40 @@ def grid_params():
 
 def figure_files():
     return [f"{paths.figures_dir(DATASET)}/{name}.png" for name in paths.FIGURES]
+
+
+# --- Slurm resources of a cell (the local executor uses only threads) ------------------------
+CORES_PER_NODE = config["slurm"]["cores_per_node"]
+
+
+def cell_nodes(wildcards):
+    """Nodes a cell spans: one, unless it asks for more cores than a node has."""
+    return max(1, -(-int(wildcards.cores) // CORES_PER_NODE))
+
+
+def cell_cpus_per_node(wildcards):
+    return min(int(wildcards.cores), CORES_PER_NODE)
+
+
+def cell_mem_mb(wildcards, attempt):
+    """Driver + executor + master + worker JVMs, plus the cached subset; more on each retry."""
+    return int((6000 + 0.1 * int(wildcards.size)) * attempt)
+
+
+def cell_runtime(wildcards, attempt):
+    """Minutes: start-up, plus a pessimistic 20 records/s per core; doubled on each retry."""
+    epochs = config["training"]["epochs"]
+    cores = min(int(wildcards.cores), CORES_PER_NODE)
+    train_minutes = epochs * int(wildcards.size) / (20 * cores) / 60
+    return int((15 + train_minutes) * 2 ** (attempt - 1))
+
+
+def multinode_cores():
+    """Regex of the grid's core counts that need more than one node ('' matches none)."""
+    big = [str(c) for c in GRID["cores"] if c > CORES_PER_NODE]
+    return "|".join(big) if big else "(?!x)x"
+
+
+def single_node_cores():
+    small = [str(c) for c in GRID["cores"] if c <= CORES_PER_NODE]
+    return "|".join(small) if small else "(?!x)x"
