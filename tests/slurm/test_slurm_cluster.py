@@ -15,8 +15,6 @@ from __future__ import annotations
 import ast
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -26,52 +24,7 @@ import pytest
 
 pytestmark = pytest.mark.slurm
 
-SNAKEMAKE = os.environ.get("DLSCALE_DRIVER_SNAKEMAKE", "/tmp/envtest/driver/bin/snakemake")
-REQUIRE = os.environ.get("DLSCALE_REQUIRE_SLURM") == "1"
-# Prints the CPUs this process may run on, as a Python list.
-AFFINITY = f'{shlex.quote(sys.executable)} -c "import os; print(sorted(os.sched_getaffinity(0)))"'
-
-
-def skip_or_fail(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{reason} (DLSCALE_REQUIRE_SLURM=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    """The node name, once `sinfo` has reached the controller."""
-    if shutil.which("sinfo") is None:
-        skip_or_fail("no Slurm client (sinfo) on PATH: run tests/slurm/slurm-up.sh")
-    try:
-        res = run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=20)
-    except subprocess.TimeoutExpired:
-        skip_or_fail("sinfo timed out: no Slurm controller reachable")
-    if res.returncode != 0 or not res.stdout.strip():
-        skip_or_fail(
-            "sinfo cannot reach a Slurm controller (run tests/slurm/slurm-up.sh): "
-            + (res.stderr.strip() or res.stdout.strip())
-        )
-    node, state = res.stdout.split()[:2]
-    if state.rstrip("*~#$@+").startswith(("down", "drain", "fail")):
-        skip_or_fail(f"Slurm node {node} is {state}")
-    return node
-
-
-def wait_node_empty(node: str, timeout: float = 180) -> None:
-    """Wait until no job holds CPUs on the node, so ours get CPUs 0 and 1."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = run(["scontrol", "-o", "show", "node", node]).stdout
-        m = re.search(r"\bCPUAlloc=(\d+)", out)
-        if m and m.group(1) == "0":
-            return
-        time.sleep(2)
-    skip_or_fail(f"node {node} stayed busy with other jobs for {timeout:.0f}s")
+from slurm_helpers import AFFINITY, SNAKEMAKE, run, sacct_rows, skip_or_fail, wait_node_empty  # noqa: E402
 
 
 def sbatch(tmp: Path, cpus: int, wrap: str, wait: bool = True) -> subprocess.Popen:
@@ -91,20 +44,6 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
 def affinity_of(tmp: Path, jobid: str) -> list[int]:
     text = (tmp / f"{jobid}.out").read_text()
     return ast.literal_eval(text.strip().splitlines()[0])
-
-
-def sacct_rows(args: list[str], fields: str, want: int, timeout: float = 60) -> list[dict]:
-    """Poll sacct until `want` rows are in a final state (bounded)."""
-    deadline = time.monotonic() + timeout
-    names = fields.split(",")
-    rows: list[dict] = []
-    while time.monotonic() < deadline:
-        res = run(["sacct", "-X", "-P", "-n", f"--format={fields}", *args])
-        rows = [dict(zip(names, line.split("|"))) for line in res.stdout.splitlines() if line]
-        if len(rows) >= want and all(r["State"] not in ("PENDING", "RUNNING", "COMPLETING") for r in rows):
-            return rows
-        time.sleep(1)
-    pytest.fail(f"sacct {' '.join(args)} did not report {want} finished job(s) in {timeout:.0f}s: {rows}")
 
 
 def test_sbatch_one_cpu(cluster, tmp_path):

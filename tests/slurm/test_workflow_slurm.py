@@ -1,0 +1,174 @@
+"""The study on a real Slurm: `snakemake --profile slurm`, one job per cell, a failed cell rerun
+alone, aggregation of a partial grid, and both sbatch wrappers.
+
+Runs against the local Slurm of tests/slurm/slurm-up.sh (skips without it, fails under
+DLSCALE_REQUIRE_SLURM=1). The node declares more CPUs than the machine has, and Slurm cannot
+pin a job to a CPU that does not exist, so these runs keep at most 2 CPUs allocated at a time
+(`--jobs 1`) and every cell gets real CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from slurm_helpers import REPO, SNAKEMAKE, login_node_env, run, sacct_rows, wait_node_empty
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SIZE = 256
+CELL = "results/cells/fashion-mnist/bigdl/strong/n{size}/c{cores}/r1/metrics.json"
+# Test overrides of the profile: the test node's partition, short small-job runtimes, fast polls.
+PROFILE_OVERRIDES = [
+    "--default-resources", "slurm_partition=debug", "slurm_account=root", "runtime=10", "mem_mb=1500",
+    "--slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+]
+
+
+def write_config(workdir: Path, cores: list[int]) -> Path:
+    config = {
+        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
+        "grid": {"sizes": [SIZE], "cores": cores, "repetitions": 1},
+        "training": {"test_size": 300},
+        "partition": {"files": 2},
+    }
+    path = workdir / "test-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def profile_run(workdir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm` as a user types it, pointed at a test workdir."""
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(REPO / "slurm"),
+               "--configfile", str(workdir / "test-config.yaml"), *PROFILE_OVERRIDES, *extra]
+    return run(command, timeout=1500, env=env or login_node_env())
+
+
+def run_id(proc: subprocess.CompletedProcess) -> str:
+    return re.search(r"SLURM run ID: (\S+)", proc.stdout + proc.stderr).group(1)
+
+
+def cell_jobs(rid: str, want: int) -> list[dict]:
+    rows = sacct_rows(["--name", rid], "JobID,Comment,State,AllocCPUS", want, timeout=120)
+    return [r for r in rows if r["Comment"].startswith("rule_train_cell")]
+
+
+def snapshot(workdir: Path) -> dict:
+    return {p.relative_to(workdir): p.read_bytes() for p in (workdir / "results" / "cells").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def failed_study(cluster, tmp_path_factory):
+    """The grid c1 + c2 with the c2 cell made to fail on purpose (test-only fault switch)."""
+    wait_node_empty(cluster)
+    workdir = tmp_path_factory.mktemp("slurm-study")
+    write_config(workdir, [1, 2])
+    proc = profile_run(workdir, env=login_node_env(DLSCALE_FAIL_CELLS=f"n{SIZE}/c2/r1"))
+    return workdir, proc
+
+
+def test_one_failed_cell_does_not_stop_the_others(failed_study):
+    workdir, proc = failed_study
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, "the study with a failing cell must fail"
+    assert (workdir / CELL.format(size=SIZE, cores=1)).exists(), log[-3000:]
+    assert not (workdir / CELL.format(size=SIZE, cores=2)).exists()
+    cell_log = (workdir / f"results/logs/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r1.log").read_text()
+    assert "fault injected" in cell_log
+    jobs = cell_jobs(run_id(proc), 3)
+    states = sorted(r["State"] for r in jobs)
+    # c1 completed; c2 failed on its first attempt and on the profile's one retry
+    assert states.count("COMPLETED") == 1 and states.count("FAILED") == 2, jobs
+
+
+def test_every_cell_ran_as_its_own_slurm_job(failed_study):
+    workdir, proc = failed_study
+    metrics = json.loads((workdir / CELL.format(size=SIZE, cores=1)).read_text())
+    jobs = {r["JobID"]: r for r in cell_jobs(run_id(proc), 3)}
+    assert metrics["slurm_job_id"] in jobs
+    job = jobs[metrics["slurm_job_id"]]
+    assert job["State"] == "COMPLETED" and job["AllocCPUS"] == "1"
+    assert job["Comment"] == f"rule_train_cell_wildcards_fashion-mnist_bigdl_strong_{SIZE}_1_1"
+    assert len(metrics["cpus_allowed"]) == 1 and not metrics["oversubscribed"]
+
+
+def test_partial_aggregation_marks_and_lists_missing_cells(failed_study):
+    workdir, _ = failed_study
+    proc = profile_run(workdir, "--config", "aggregate={'allow_partial': True}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    tables = workdir / "results/tables/fashion-mnist"
+    missing = pd.read_csv(tables / "missing_cells.csv")
+    assert len(missing) == 1 and int(missing.iloc[0]["cores"]) == 2
+    assert "missing" in (tables / "runtime_train_bigdl_strong.md").read_text()
+    runtime = pd.read_csv(tables / "runtime_train_bigdl_strong.csv")
+    assert runtime["cores_2"].isna().all() and runtime["cores_1"].notna().all()
+
+
+def test_rerun_runs_only_the_failed_cell_and_keeps_the_others(failed_study, cluster):
+    workdir, _ = failed_study
+    wait_node_empty(cluster)
+    before = snapshot(workdir)
+    proc = profile_run(workdir)  # the same command, the fault gone
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    jobs = cell_jobs(run_id(proc), 1)
+    assert [r["Comment"] for r in jobs] == [f"rule_train_cell_wildcards_fashion-mnist_bigdl_strong_{SIZE}_2_1"]
+    assert jobs[0]["State"] == "COMPLETED" and jobs[0]["AllocCPUS"] == "2"
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k in before} == before  # byte-identical
+    metrics = json.loads((workdir / CELL.format(size=SIZE, cores=2)).read_text())
+    assert metrics["slurm_job_id"] == jobs[0]["JobID"]
+    assert len(metrics["cpus_allowed"]) == 2 and not metrics["oversubscribed"]
+    missing = pd.read_csv(workdir / "results/tables/fashion-mnist/missing_cells.csv")
+    assert missing.empty
+
+
+def prepared_workdir(failed_study, tmp_path: Path) -> Path:
+    """A new study of one 1-core cell that reuses the prepared data (mtimes kept)."""
+    source, _ = failed_study
+    workdir = tmp_path / "study"
+    workdir.mkdir()
+    shutil.copytree(source / "resources", workdir / "resources")
+    write_config(workdir, [1])
+    return workdir
+
+
+def sbatch_wrapper(script: str, workdir: Path, *sbatch_args: str) -> str:
+    """Submit a wrapper as a user does (from the repository root) and wait for it."""
+    command = ["sbatch", "--wait", "--parsable", "-o", str(workdir / "wrapper-%j.log"), *sbatch_args,
+               str(REPO / "slurm" / script), "-d", str(workdir), "--configfile", str(workdir / "test-config.yaml")]
+    if script == "head.sbatch":
+        command += PROFILE_OVERRIDES
+    proc = run(command, timeout=1500, cwd=REPO, env=login_node_env())
+    logs = "".join(p.read_text() for p in workdir.glob("wrapper-*.log"))
+    assert proc.returncode == 0, proc.stderr + logs[-3000:]
+    return proc.stdout.strip().split(";")[0]
+
+
+def test_head_job_wrapper_submits_the_cells(failed_study, cluster, tmp_path):
+    wait_node_empty(cluster)
+    workdir = prepared_workdir(failed_study, tmp_path)
+    head = sbatch_wrapper("head.sbatch", workdir)
+    metrics = json.loads((workdir / CELL.format(size=SIZE, cores=1)).read_text())
+    assert metrics["slurm_job_id"] not in (None, head)  # its own job, submitted by the head
+    assert (workdir / "results/figures/fashion-mnist/speedup.png").exists()
+    rows = sacct_rows(["-j", head], "JobID,State,AllocCPUS", 1)
+    assert rows[0]["State"] == "COMPLETED"
+
+
+def test_one_allocation_wrapper_runs_the_cells_inside_it(failed_study, cluster, tmp_path):
+    wait_node_empty(cluster)
+    workdir = prepared_workdir(failed_study, tmp_path)
+    job = sbatch_wrapper("allocation.sbatch", workdir, "--cpus-per-task=2")
+    metrics = json.loads((workdir / CELL.format(size=SIZE, cores=1)).read_text())
+    assert metrics["slurm_job_id"] == job  # ran inside the wrapper's own allocation
+    assert len(metrics["cpus_allowed"]) == 1
+    assert (workdir / "results/tables/fashion-mnist/speedup_train_bigdl_strong.csv").exists()
