@@ -7,7 +7,7 @@ DRIVER := .venv/driver/bin
 SNAKEMAKE := $(DRIVER)/snakemake
 CORES ?= 2
 
-.PHONY: demo test unit lint envs fashion-mnist
+.PHONY: demo test unit lint envs fashion-mnist bench
 .DEFAULT_GOAL := demo
 
 envs: .venv/driver/.installed .venv/trainer/.installed
@@ -17,6 +17,9 @@ envs: .venv/driver/.installed .venv/trainer/.installed
 
 .venv/trainer/.installed: envs/trainer-requirements.txt
 	envs/bootstrap.sh trainer
+
+.venv/torch/.installed: envs/torch-requirements.txt
+	envs/bootstrap.sh torch
 
 fashion-mnist:
 	envs/bootstrap.sh fashion-mnist
@@ -37,3 +40,9 @@ test: envs fashion-mnist
 	tests/slurm/slurm-up.sh
 	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra tests; status=$$?; \
 		tests/slurm/slurm-down.sh; exit $$status
+
+# The benchmark (README, Performance): a clean grid of cores {1,2} x one size x 3 repetitions,
+# BigDL and its PyTorch peer, strong and weak scaling; prints the figures and the targets and
+# writes results/bench/. Options: make bench BENCH_ARGS="--size 10000 --reps 1 --backends bigdl"
+bench: envs .venv/torch/.installed fashion-mnist
+	$(DRIVER)/python -m dlscale.bench $(BENCH_ARGS)

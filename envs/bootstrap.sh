@@ -2,6 +2,7 @@
 # Create the project's two environments (idempotent; `make` calls this).
 #   envs/bootstrap.sh driver    .venv/driver : Python >= 3.11, snakemake + plugins, pandas, ...
 #   envs/bootstrap.sh trainer   .venv/trainer: Python 3.9, pyspark 3.1.3, BigDL 2.4.0, Java 11
+#   envs/bootstrap.sh torch     .venv/torch  : Python >= 3.11, torch (CPU build), numpy, pyarrow
 #   envs/bootstrap.sh fashion-mnist   Debian's dataset-fashion-mnist (offline demo data)
 # Python interpreters: DRIVER_PYTHON / TRAINER_PYTHON (explicit paths) win; otherwise the
 # trainer's Python 3.9 is looked up as python3.9 on PATH (module load, conda activate), then pyenv.
@@ -47,6 +48,13 @@ case "${1:-}" in
   trainer)
     make_venv trainer "$(find_python39)" envs/trainer-requirements.txt
     ;;
+  torch)
+    # The PyTorch peer (backend: torch). Same interpreter rule as the driver.
+    python=${DRIVER_PYTHON:-python3}
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+      echo "error: the torch environment needs Python >= 3.11; set DRIVER_PYTHON" >&2; exit 1; }
+    make_venv torch "$python" envs/torch-requirements.txt
+    ;;
   fashion-mnist)
     # The offline stand-in for MNIST (same IDX format and shapes); real MNIST needs the network.
     if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -56,5 +64,5 @@ case "${1:-}" in
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
     fi
     ;;
-  *) echo "usage: $0 driver|trainer|fashion-mnist" >&2; exit 2 ;;
+  *) echo "usage: $0 driver|trainer|torch|fashion-mnist" >&2; exit 2 ;;
 esac

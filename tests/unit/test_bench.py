@@ -1,0 +1,188 @@
+"""The benchmark's arithmetic on synthetic metrics (nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dlscale import bench, paths
+from dlscale.aggregate import load_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PUBLISHED = REPO_ROOT / "workflow" / "resources" / "published"
+
+
+def metrics(backend, scaling, cores, rep, train, *, size=5000, start=2.0, stop=0.5, load=1.5, total=None):
+    return {
+        "schema_version": 1,
+        "dataset": "fashion-mnist",
+        "backend": backend,
+        "scaling": scaling,
+        "size": size,
+        "cores": cores,
+        "repetition": rep,
+        "epochs": 1,
+        "batch_size": 64 * cores if scaling == "weak" else 64,
+        "hostnames": ["h"],
+        "cpus_allowed": list(range(cores)),
+        "timings_s": {
+            "cluster_start": start,
+            "context_start": 3.0,
+            "data_load": load,
+            "train": train,
+            "evaluate": 1.0,
+            "cluster_stop": stop,
+            "total": total if total is not None else start + 3.0 + load + train + 1.0 + stop,
+        },
+        "records_per_s": size / train,
+        "final_loss": 0.5,
+        "test_accuracy": 0.8,
+    }
+
+
+def write_cells(tmp_path, docs):
+    files = []
+    for doc in docs:
+        path = tmp_path / paths.metrics_file(doc["dataset"], doc["backend"], doc["scaling"], doc["size"],
+                                             doc["cores"], doc["repetition"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+        files.append(path)
+    return load_metrics(files)
+
+
+@pytest.fixture
+def cells(tmp_path):
+    docs = []
+    for rep, jitter in ((1, -0.5), (2, 0.0), (3, 0.5)):
+        docs.append(metrics("bigdl", "strong", 1, rep, 10.0 + jitter))
+        docs.append(metrics("bigdl", "strong", 2, rep, 5.5 + jitter / 2))
+        docs.append(metrics("torch", "strong", 1, rep, 2.0, start=0.0, stop=0.0, load=0.5))
+        docs.append(metrics("torch", "strong", 2, rep, 1.25, start=0.0, stop=0.0, load=0.5))
+    return write_cells(tmp_path, docs)
+
+
+def test_speedup_and_efficiency_come_from_mean_train_times(cells):
+    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    bigdl = next(g for g in summary["groups"] if g["backend"] == "bigdl")
+    figures = bigdl["scaling_figures"]
+    assert figures["base_cores"] == 1 and figures["cores"] == 2
+    assert figures["speedup_train"] == pytest.approx(10.0 / 5.5)
+    assert figures["efficiency_train"] == pytest.approx(10.0 / 5.5 / 2)
+    one, two = bigdl["cores"]["1"], bigdl["cores"]["2"]
+    assert one["train_s"] == pytest.approx(10.0) and one["train_s_std"] == pytest.approx(0.5)
+    assert one["repetitions"] == 3
+    # records/s per cell, averaged, then divided by the cores
+    expected = sum(5000 / t for t in (9.5, 10.0, 10.5)) / 3
+    assert one["records_per_s"] == pytest.approx(expected)
+    assert two["records_per_s_per_core"] == pytest.approx(sum(5000 / t for t in (5.25, 5.5, 5.75)) / 3 / 2)
+    # fixed overhead: cluster start + stop + data load
+    assert bigdl["overhead_s"] == pytest.approx(2.0 + 0.5 + 1.5)
+
+
+def test_study_wall_time_is_compared_with_the_sum_of_train_phases(cells):
+    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    study = summary["studies"]["bigdl"]
+    assert study["cells"] == 6
+    assert study["sum_train_s"] == pytest.approx(3 * 10.0 + 3 * 5.5)
+    assert study["wall_over_train"] == pytest.approx(60.0 / 46.5)
+    assert summary["studies"]["torch"]["sum_train_s"] == pytest.approx(3 * 2.0 + 3 * 1.25)
+
+
+def test_published_figures_beside_ours():
+    published = bench.published_figures(5000, 2, PUBLISHED)
+    assert published["size"] == 5000
+    assert published["speedup"] == pytest.approx(1.42)
+    assert published["efficiency"] == pytest.approx(0.71)
+    assert published["runtime_1_s"] == pytest.approx(22.97)
+    assert published["records_per_s_per_core_2"] == pytest.approx(5000 / 16.22 / 2)
+    assert published["best_speedup"] == pytest.approx(2.35)
+    assert published["best_speedup_at"] == "8 cores, 60000 records"
+    # a size the paper does not have: the nearest one
+    assert bench.published_figures(4000, 2, PUBLISHED)["size"] == 5000
+
+
+def test_targets_met_and_missed(cells):
+    summary = bench.summarize(cells, {"bigdl": 60.0}, PUBLISHED)
+    results = {t["target"]: t for t in bench.check_targets(summary)}
+    assert set(results) == {
+        "train-phase efficiency at 2 cores",
+        "fixed overhead per cell (s)",
+        "records/s per core (worst core count)",
+        "study wall time / sum of train phases",
+    }
+    assert results["train-phase efficiency at 2 cores"]["met"]  # 10 / 5.5 / 2 = 0.909 >= 0.90
+    assert results["train-phase efficiency at 2 cores"]["value"] == pytest.approx(0.909, abs=1e-3)
+    assert results["fixed overhead per cell (s)"]["met"]  # 4 s <= 10 s
+    per_core = results["records/s per core (worst core count)"]
+    assert not per_core["met"] and per_core["detail"] == "at 2 core(s)"  # ~455 at 2 cores, ~501 at 1
+    assert not results["study wall time / sum of train phases"]["met"]  # 60 / 46.5 = 1.29
+    # only BigDL is judged
+    assert all(t["scaling"] in ("strong", "all") for t in results.values())
+
+
+def test_targets_on_a_faster_run(tmp_path):
+    docs = [metrics("bigdl", "strong", c, r, t) for r in (1, 2) for c, t in ((1, 8.0), (2, 4.2))]
+    summary = bench.summarize(write_cells(tmp_path, docs), {"bigdl": 30.0}, PUBLISHED)
+    results = {t["target"]: t["met"] for t in bench.check_targets(summary)}
+    assert results == {
+        "train-phase efficiency at 2 cores": True,  # 8 / 4.2 / 2 = 0.95
+        "fixed overhead per cell (s)": True,
+        "records/s per core (worst core count)": True,  # 625 and 595
+        "study wall time / sum of train phases": False,  # 30 / 24.4
+    }
+
+
+def test_a_missing_wall_time_is_not_a_met_target(cells):
+    summary = bench.summarize(cells, {}, PUBLISHED)
+    study = {t["target"]: t for t in bench.check_targets(summary)}["study wall time / sum of train phases"]
+    assert math.isnan(study["value"]) and not study["met"]
+
+
+def test_report_and_figure_are_written(cells, tmp_path, capsys):
+    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    targets = bench.check_targets(summary)
+    context = {"dataset": "fashion-mnist", "size": 5000, "cores": [1, 2], "repetitions": 3, "epochs": 1,
+               "host": "h", "cpus_usable": 2, "study_tables": "t", "study_figures": "f"}
+    out = tmp_path / "bench"
+    out.mkdir()
+    report = bench.write_outputs(out, cells, summary, targets, context)
+    assert "1.82x (2 vs 1 cores)" in report  # BigDL strong: 10 / 5.5
+    assert "published BigDL (Xeon, MNIST), 5000 records | strong | 1.42x | 71 %" in report
+    assert "[met] train-phase efficiency at 2 cores (strong): 0.91 >= 0.90" in report
+    assert "[MISSED] study wall time / sum of train phases (all): 1.29 <= 1.20" in report
+    assert "2 of 4 targets met." in report
+    assert "| torch | strong | 2 | 64 | 1.2 ± 0.0 | 4000 | 2000 |" in report
+    for name in ("bench.md", "bench.json", "bench_cells.csv", "bench.png"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["summary"]["studies"]["bigdl"]["wall_s"] == 60.0
+    assert "2 of 4 targets met." in capsys.readouterr().out
+
+
+def test_weak_scaling_groups_are_labelled_separately(tmp_path):
+    docs = [metrics("bigdl", scaling, c, 1, t) for scaling in ("strong", "weak") for c, t in ((1, 10.0), (2, 6.0))]
+    docs[-1]["timings_s"]["train"] = 5.0
+    summary = bench.summarize(write_cells(tmp_path, docs), {"bigdl": 40.0}, PUBLISHED)
+    by_mode = {g["scaling"]: g for g in summary["groups"]}
+    assert by_mode["weak"]["batch_size"] == {1: 64, 2: 128}
+    assert by_mode["strong"]["batch_size"] == {1: 64, 2: 64}
+    assert by_mode["weak"]["scaling_figures"]["speedup_train"] == pytest.approx(2.0)
+    assert by_mode["strong"]["scaling_figures"]["speedup_train"] == pytest.approx(10 / 6)
+    scalings = sorted({t["scaling"] for t in bench.check_targets(summary)})
+    assert scalings == ["all", "strong", "weak"]
+
+
+def test_bench_config_is_a_valid_study_config():
+    import yaml
+    import jsonschema
+
+    args = bench.parse_args(["--size", "1000", "--reps", "2", "--backends", "bigdl", "--scaling", "weak"])
+    config = bench.bench_config(args)
+    schema = yaml.safe_load((REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["grid"] == {"sizes": [1000], "cores": [1, 2], "repetitions": 2}
+    assert config["backends"] == ["bigdl"] and config["scaling_modes"] == ["weak"]
