@@ -1,16 +1,15 @@
-"""Shared test helpers: where the repository and its environments are."""
+"""Shared fixtures; the shared constants are in tests/dlscale_testing.py."""
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TRAINER_PYTHON = Path(os.environ.get("DLSCALE_TRAINER_PYTHON", REPO / ".venv" / "trainer" / "bin" / "python"))
-DRIVER_BIN = Path(os.environ.get("DLSCALE_DRIVER_BIN", REPO / ".venv" / "driver" / "bin"))
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dlscale_testing import TRAINER_PYTHON  # noqa: E402
 
 
 @pytest.fixture(scope="session")

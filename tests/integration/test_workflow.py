@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DRIVER_BIN, FASHION_MNIST, REPO
+from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO
 
 pytestmark = pytest.mark.integration
 

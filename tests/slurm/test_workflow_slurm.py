@@ -45,10 +45,10 @@ def write_config(workdir: Path, cores: list[int]) -> Path:
     return path
 
 
-def profile_run(workdir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def profile_run(workdir: Path, *configfiles: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`snakemake --profile slurm` as a user types it, pointed at a test workdir."""
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(REPO / "slurm"),
-               "--configfile", str(workdir / "test-config.yaml"), *PROFILE_OVERRIDES, *extra]
+               "--configfile", str(workdir / "test-config.yaml"), *configfiles, *PROFILE_OVERRIDES]
     return run(command, timeout=1500, env=env or login_node_env())
 
 
@@ -102,7 +102,7 @@ def test_every_cell_ran_as_its_own_slurm_job(failed_study):
 
 def test_partial_aggregation_marks_and_lists_missing_cells(failed_study):
     workdir, _ = failed_study
-    proc = profile_run(workdir, "--config", "aggregate={'allow_partial': True}")
+    proc = profile_run(workdir, str(REPO / "config" / "partial.yaml"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     tables = workdir / "results/tables/fashion-mnist"
     missing = pd.read_csv(tables / "missing_cells.csv")
