@@ -18,19 +18,22 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import glob
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Dict, Iterator, List, Optional
 
-from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster
+from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent
 
 log = logging.getLogger("dlscale.cell")
 
@@ -46,8 +49,40 @@ class Terminated(BaseException):
     teardown in ``finally`` blocks runs. BaseException: no ``except Exception`` swallows it."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+_stop_reason: Dict[str, str] = {}  # set by the exit-with-parent watchdog before it signals us
+
+
 def _raise_terminated(signum, _frame):
-    raise Terminated("received signal %s" % signal.Signals(signum).name)
+    # Only the first signal interrupts: later ones (Slurm signals every process of the job, users
+    # press Ctrl-C twice) would otherwise abort the teardown half-way and leave daemons behind.
+    for other in STOP_SIGNALS:
+        signal.signal(other, _ignore_during_teardown)
+    name = signal.Signals(signum).name
+    raise Terminated(_stop_reason.get("reason") or
+                     "received %s (scancel, the walltime, Ctrl-C or a stopped workflow)" % name)
+
+
+def _ignore_during_teardown(signum, _frame):
+    log.warning("%s ignored: the cell is already stopping", signal.Signals(signum).name)
+
+
+def exit_with_parent() -> None:
+    """Stop the cell (SIGTERM to itself, so teardown runs) if the process that started it dies.
+
+    The rule ``exec``s the cell, so its parent is Snakemake: a SIGKILLed Snakemake would
+    otherwise leave the cell training for nobody, next to the same cell started by the rerun.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        _stop_reason["reason"] = ("the process that started this cell (pid %d, e.g. Snakemake) is gone"
+                                  % parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 # --- CPU confinement ---------------------------------------------------------------------------
@@ -67,7 +102,7 @@ def claimed_cpus(count: int, timeout_s: float = 3600.0) -> Iterator[List[int]]:
     """
     usable = sorted(os.sched_getaffinity(0))
     wanted = min(count, len(usable))
-    os.makedirs(cpu_lock_dir(), mode=0o700, exist_ok=True)
+    check_private_dir(cpu_lock_dir(), "DLSCALE_CPU_LOCK_DIR")
     deadline = time.time() + timeout_s
     held: Dict[int, int] = {}
     try:
@@ -96,19 +131,87 @@ def claimed_cpus(count: int, timeout_s: float = 3600.0) -> Iterator[List[int]]:
             os.close(fd)  # closing releases the flock
 
 
+def check_private_dir(path: str, variable: str) -> None:
+    """Make ``path`` (mode 0700) or check that it is a directory of this user that nobody else
+    may write: its name in /tmp is predictable, and another user who made it first could block
+    or fake the CPU claims."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise CellError("%s is not a private directory of this user (owner uid %d, mode %03o): another "
+                        "user could block or fake the CPU claims. Remove it, or set %s to a directory "
+                        "of your own" % (path, info.st_uid, stat.S_IMODE(info.st_mode), variable))
+
+
 # --- scratch -----------------------------------------------------------------------------------
 def node_local_tmp() -> str:
     """Node-local storage: Slurm's per-job TMPDIR if set, else the system temp dir."""
     return os.environ.get("DLSCALE_SCRATCH") or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
 
 
+SCRATCH_PREFIX = "dlscale-cell-"
+OWNER_LOCK = ".owner.lock"  # flock-ed by the cell for as long as it uses its scratch
+
+
+def remove_stale_scratch(parent: str) -> List[str]:
+    """Remove this user's cell scratch directories whose cell died without its teardown (SIGKILL,
+    OOM killer): the kernel released their owner lock. Returns the paths removed."""
+    removed = []
+    try:
+        entries = [entry for entry in os.listdir(parent) if entry.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return removed
+    for entry in entries:
+        path = os.path.join(parent, entry)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(path, OWNER_LOCK), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone, not ours, or not made by this version
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its cell is alive
+        else:
+            log.warning("removing %s, left behind by a cell that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def private_scratch() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="dlscale-cell-", dir=node_local_tmp())  # mode 0700
+    parent = node_local_tmp()
+    remove_stale_scratch(parent)
+    path = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)  # mode 0700
+    # The owner lock appears under its name already locked, so a sweeping cell never takes it.
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".owner-")
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, os.path.join(path, OWNER_LOCK))
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def show_logs(scratch: str, lines: int = 40) -> None:
+    """Copy the tails of the Spark daemons' and executors' logs into the cell's log: the scratch
+    that holds them is removed with the cluster."""
+    paths = sorted(glob.glob(os.path.join(scratch, "logs", "*.log")))
+    paths += sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "stderr")))
+    for path in paths:
+        try:
+            with open(path, errors="replace") as handle:
+                tail = handle.readlines()[-lines:]
+        except OSError:
+            continue
+        sys.stderr.write("----- last %d lines of %s -----\n%s" % (len(tail), os.path.relpath(path, scratch),
+                                                                  "".join(tail)))
+    sys.stderr.flush()
 
 
 def slurm_nodes() -> List[str]:
@@ -125,11 +228,20 @@ def slurm_nodes() -> List[str]:
 def write_json_atomically(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
 
 
 def global_batch(args: argparse.Namespace) -> int:
@@ -163,7 +275,8 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     env = cluster.daemon_env()
     log.info("spark-submit %s", " ".join(command[1:]))
     sys.stderr.flush()
-    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    # cwd: BigDL writes bigdl.log into the driver's working directory, which must not be shared.
+    proc = subprocess.Popen(command, env=env, cwd=scratch, start_new_session=True, preexec_fn=die_with_parent)
     try:
         while proc.poll() is None:
             cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
@@ -204,22 +317,28 @@ def run_cell(args: argparse.Namespace) -> dict:
     nodes = slurm_nodes()
     install = SparkInstall.discover()
     cores_per_node = args.cores // max(1, len(nodes))  # one worker per node of the allocation
+    tick = time.time()
     with claimed_cpus(cores_per_node) as cpus, private_scratch() as scratch:
+        cpu_wait = time.time() - tick  # queued behind other cells for free CPUs: not the cell's time
         log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, cores_per_node, scratch)
         host = socket.gethostname() if nodes else "127.0.0.1"  # loopback unless spanning nodes
         cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
                                     worker_memory=args.worker_memory, host=host, worker_nodes=nodes)
         tick = time.time()
+        succeeded = False
         try:
             cluster.start()
             cluster_start = time.time() - tick
             log.info("Spark standalone cluster up in %.1f s at %s", cluster_start, cluster.master_url)
             result = run_trainer(cluster, args, scratch)
+            succeeded = True
         finally:
             tick = time.time()
             cluster.stop()
             cluster_stop = time.time() - tick
             log.info("cluster stopped in %.1f s", cluster_stop)
+            if not succeeded:
+                show_logs(scratch)
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     trainer_t = result["timings_s"]
     timings = {
@@ -229,7 +348,8 @@ def run_cell(args: argparse.Namespace) -> dict:
         "train": trainer_t["train"],
         "evaluate": trainer_t["evaluate"],
         "cluster_stop": cluster_stop,
-        "total": time.time() - t0,
+        "cpu_wait": cpu_wait,
+        "total": time.time() - t0 - cpu_wait,
     }
     executor_cpus = sorted({cpu for view in result["executors"] for cpu in view["cpus_allowed"]})
     return {
@@ -279,26 +399,32 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="metrics.json to write")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--executor-memory", default="2g")
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--worker-memory", default="4g")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop (with teardown) when the process that started the cell dies")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_terminated)
+    if args.exit_with_parent:
+        exit_with_parent()
     try:
         metrics = run_cell(args)
+        write_json_atomically(args.out, metrics)
     except (CellError, ClusterError, Terminated) as error:
-        log.error("cell %s n%d c%d r%d FAILED: %s", args.dataset, args.size, args.cores, args.repetition, error)
+        log.error("cell %s n%d c%d r%d FAILED: %s. Its Spark cluster was stopped and no metrics were "
+                  "written; rerun the workflow to run this cell again (it runs only the missing cells)",
+                  args.dataset, args.size, args.cores, args.repetition, error)
         return 1
-    write_json_atomically(args.out, metrics)
     log.info("cell done: train %.1f s, total %.1f s, %.0f records/s, accuracy %.4f -> %s",
              metrics["timings_s"]["train"], metrics["timings_s"]["total"], metrics["records_per_s"],
              metrics["test_accuracy"], args.out)

@@ -158,10 +158,12 @@ def run_cell(args: argparse.Namespace) -> dict:
     t0 = time.time()
     batch = global_batch(args)
     with claimed_cpus(args.cores) as cpus:
+        cpu_wait = time.time() - t0  # queued behind other cells for free CPUs: not the cell's time
         log.info("torch cell confined to CPUs %s (asked for %d), global batch %d", cpus, args.cores, batch)
         result = train_and_evaluate(args, batch)
         seen_cpus = sorted(os.sched_getaffinity(0))
-    timings = dict(result["timings_s"], cluster_start=0.0, cluster_stop=0.0, total=time.time() - t0)
+    timings = dict(result["timings_s"], cluster_start=0.0, cluster_stop=0.0, cpu_wait=cpu_wait,
+                   total=time.time() - t0 - cpu_wait)
     return {
         "schema_version": SCHEMA_VERSION,
         "dataset": args.dataset,
