@@ -83,6 +83,12 @@ rule train_cell_torch:
     conda:
         "../../envs/torch.yaml"
     threads: lambda wc: int(wc.cores)
+    resources:
+        # One node: a PyTorch cell does not span nodes (more cores than a node has: oversubscribed).
+        cpus_per_task=cell_cpus_per_node,
+        timed_cell=1,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=cell_runtime,
     params:
         python=torch_python(),
         training=config["training"],
