@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # including executors and Python workers that daemons start in process groups of their own.
 CLUSTER_TAG_VAR = "DLSCALE_CLUSTER_TAG"
 
+# JVM options of the master and worker daemons (see StandaloneCluster._java_command).
+DAEMON_JVM_OPTS = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"]
+
 
 class ClusterError(RuntimeError):
     """The transient cluster could not start, or died; the message says which part and why."""
@@ -59,6 +62,24 @@ def tagged_pids(tag: str) -> List[int]:
         except OSError:  # gone, or not ours
             continue
     return found
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # loaded here, in the parent: the child of a fork must not import
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (ImportError, OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: have the kernel send SIGTERM to the child when the process that started
+    it dies, even by SIGKILL (the OOM killer, Slurm's KillWait), when no teardown code can run.
+    The JVMs then run their shutdown hooks: a worker kills its executors. It survives the
+    ``exec`` of spark-class into java. A no-op where there is no prctl."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def kill_tagged(tag: str, grace_s: float = 5.0) -> List[int]:
@@ -144,6 +165,7 @@ class StandaloneCluster:
     master_url: str = ""
     web_url: str = ""
     _procs: List[subprocess.Popen] = field(default_factory=list, repr=False)
+    _names: Dict[int, str] = field(default_factory=dict, repr=False)
 
     # --- environment and files -------------------------------------------------------------
     def daemon_env(self) -> Dict[str, str]:
@@ -192,22 +214,35 @@ class StandaloneCluster:
     def _daemon_opts(self) -> str:
         # spark.port.maxRetries=0: a taken port fails fast, and start() retries with new ports,
         # instead of Spark silently moving to port+1 where /json would not be polled.
-        return "-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
+        # spark.ui.killEnabled=false: the master and worker web UIs (on loopback, needed for /json)
+        # are reachable by other users of the node; they must not be able to kill our apps.
+        return ("-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
+                " -Dspark.ui.killEnabled=false -Dspark.master.rest.enabled=false")
+
+    def _java_command(self, argv: List[str]) -> List[str]:
+        """What ``bin/spark-class`` would exec for a master or worker, without its launcher JVM
+        (``org.apache.spark.launcher.Main`` only prints this command: one JVM start less per
+        daemon, seconds on a 1-CPU cell). The daemons are small and short-lived: C1 only (no C2
+        compiler threads competing with the cell's work), serial GC, a small heap."""
+        classpath = self.conf_dir + "/:" + os.path.join(self.install.spark_home, "jars", "*")
+        return ([os.path.join(self.install.java_home, "bin", "java"), "-cp", classpath]
+                + DAEMON_JVM_OPTS + self._daemon_opts().split() + argv)
 
     def _spawn(self, name: str, argv: List[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
         env = self.daemon_env()
         env["SPARK_MASTER_OPTS"] = env["SPARK_WORKER_OPTS"] = self._daemon_opts()
         out = open(os.path.join(self.scratch, "logs", name + ".log"), "ab")
-        spark_class = os.path.join(self.install.spark_home, "bin", "spark-class")
         proc = subprocess.Popen(
-            list(prefix) + [spark_class] + argv,
+            list(prefix) + self._java_command(argv),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a signal to the cell's group is handled by us, not them
+            preexec_fn=die_with_parent,  # and a SIGKILLed cell does not leave them running
         )
         out.close()
         self._procs.append(proc)
+        self._names[proc.pid] = name
         log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return proc
 
@@ -233,7 +268,9 @@ class StandaloneCluster:
              "--webui-port", str(web_port)],
         )
         self.master_url = "spark://%s:%d" % (self.host, port)
-        self._wait_for(lambda status: True, master, "the master's web UI")
+        # The worker can register as soon as the master's RPC port listens (before its web UI).
+        self._wait_for(lambda status: True, master, "the master's RPC port",
+                       probe=lambda: self._listening(self.host, port))
         nodes = list(self.worker_nodes) or [None]
         for index, node in enumerate(nodes):
             prefix: List[str] = []
@@ -260,24 +297,35 @@ class StandaloneCluster:
     def alive_workers(status: dict) -> int:
         return sum(1 for worker in status.get("workers", []) if worker.get("state") == "ALIVE")
 
-    def _wait_for(self, ready, master: subprocess.Popen, what: str) -> None:
+    @staticmethod
+    def _listening(host: str, port: int) -> Optional[dict]:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return {}
+        except OSError:
+            return None
+
+    def _wait_for(self, ready, master: subprocess.Popen, what: str, probe=None) -> None:
         deadline = time.time() + self.start_timeout_s
         while time.time() < deadline:
             for proc in self._procs:
                 if proc.poll() is not None:
                     raise ClusterError("a Spark daemon exited (code %s) while waiting for %s; see %s"
                                        % (proc.returncode, what, os.path.join(self.scratch, "logs")))
-            status = self.master_status()
+            status = (probe or self.master_status)()
             if status is not None and ready(status):
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)  # polling is cheap; a 0.2 s period cost up to 0.2 s per wait
         raise ClusterError("timed out after %.0f s waiting for %s" % (self.start_timeout_s, what))
 
     def check_alive(self) -> None:
         """Raise if a daemon died (e.g. a worker JVM killed mid-training)."""
         for proc in self._procs:
             if proc.poll() is not None:
-                raise ClusterError("Spark daemon pid %d exited with code %s" % (proc.pid, proc.returncode))
+                code = proc.returncode
+                how = "killed by %s" % signal.Signals(-code).name if code < 0 else "exit code %d" % code
+                raise ClusterError("the Spark %s (pid %d) died (%s) while the trainer ran"
+                                   % (self._names.get(proc.pid, "daemon"), proc.pid, how))
 
     # --- driver ----------------------------------------------------------------------------
     def driver_properties(self, extra: Dict[str, str]) -> str:
