@@ -57,6 +57,7 @@ REFERENCE_SPEEDUP_CSV = "seed_speedup.csv"
 # src/dlscale/aggregate.py -> repository root
 DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "metrics.schema.yaml"
 
+SETTINGS_SUFFIX = ".settings.json"
 RERUN_FIX = "Fix: delete this cell's directory ({cell_dir}) and rerun the workflow to train it again."
 
 
@@ -337,6 +338,8 @@ def aggregate(
     Returns the written paths.
     """
     out_dir = Path(out_dir)
+    if metrics_paths is not None:  # the rule's settings stamp (workflow/rules/common.smk) is no cell
+        metrics_paths = [p for p in metrics_paths if not str(p).endswith(SETTINGS_SUFFIX)]
     if metrics_paths is None:
         metrics_paths = existing_metrics(grid, workdir)
     cells = select_grid_cells(load_metrics(metrics_paths, schema_path), grid)

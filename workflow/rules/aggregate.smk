@@ -1,6 +1,7 @@
 rule aggregate:
     input:
         existing_or_all_cells,
+        TABLE_SETTINGS,
     output:
         cells=report(
             f"{paths.tables_dir(DATASET)}/cells.csv",

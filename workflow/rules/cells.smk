@@ -1,10 +1,7 @@
 rule train_cell:
     input:
-        train=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
-        test=lambda wc: paths.test_dir(wc.dataset),
-        # Every subset is prepared before any cell starts, so no untimed job shares a
-        # timed cell's CPUs.
-        prepared=all_subsets(),
+        # Nothing once metrics.json exists: a completed cell is rerun only when asked.
+        unpack(cell_inputs()),
     output:
         "results/cells/{dataset}/{backend}/{scaling}/n{size}/c{cores}/r{rep}/metrics.json",
     log:
@@ -29,13 +26,17 @@ rule train_cell:
         python=trainer_python(),
         training=config["training"],
         spark=config["spark"],
+        train_dir=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
+        test_dir=lambda wc: paths.test_dir(wc.dataset),
     shell:
         # The cell claims and confines itself to {wildcards.cores} CPUs, runs a transient Spark
-        # standalone cluster and writes metrics.json only when everything succeeded.
-        "{params.python} -m dlscale.cell"
+        # standalone cluster and writes metrics.json only when everything succeeded. `exec`:
+        # Snakemake is its parent, so --exit-with-parent stops it (and its cluster) when a
+        # killed Snakemake leaves it orphaned.
+        "exec {params.python} -m dlscale.cell --exit-with-parent"
         " --dataset {wildcards.dataset} --scaling {wildcards.scaling}"
         " --size {wildcards.size} --cores {wildcards.cores} --repetition {wildcards.rep}"
-        " --train-dir {input.train} --test-dir {input.test} --out {output}"
+        " --train-dir {params.train_dir} --test-dir {params.test_dir} --out {output}"
         " --epochs {params.training[epochs]} --batch-size {params.training[batch_size]}"
         " --optimizer {params.training[optimizer]}"
         " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
@@ -68,9 +69,7 @@ use rule train_cell as train_cell_multinode with:
 rule train_cell_torch:
     # The PyTorch peer: the same model, data, batch, optimizer and CPU confinement, no Spark.
     input:
-        train=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
-        test=lambda wc: paths.test_dir(wc.dataset),
-        prepared=all_subsets(),
+        unpack(cell_inputs("torch")),
     output:
         "results/cells/{dataset}/torch/{scaling}/n{size}/c{cores}/r{rep}/metrics.json",
     log:
@@ -92,11 +91,13 @@ rule train_cell_torch:
     params:
         python=torch_python(),
         training=config["training"],
+        train_dir=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
+        test_dir=lambda wc: paths.test_dir(wc.dataset),
     shell:
         "{params.python} -m dlscale.torch_trainer"
         " --dataset {wildcards.dataset} --scaling {wildcards.scaling}"
         " --size {wildcards.size} --cores {wildcards.cores} --repetition {wildcards.rep}"
-        " --train-dir {input.train} --test-dir {input.test} --out {output}"
+        " --train-dir {params.train_dir} --test-dir {params.test_dir} --out {output}"
         " --epochs {params.training[epochs]} --batch-size {params.training[batch_size]}"
         " --optimizer {params.training[optimizer]}"
         " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"

@@ -1,7 +1,11 @@
+import glob
+import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,10 +20,37 @@ os.environ.update(
 
 from dlscale import paths  # noqa: E402
 from dlscale.aggregate import table_filenames  # noqa: E402
-from dlscale.config import check_config  # noqa: E402
+from dlscale.config import ConfigError, check_config  # noqa: E402
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
-check_config(config)
+
+def validate_config():
+    """The schema, then dlscale.config's cross checks: one ConfigError naming every bad key,
+    what is wrong and the fix, before any job starts (Snakemake's own `validate` prints the
+    schema instead). `validate` then fills in the defaults."""
+    import jsonschema
+    import yaml
+
+    schema_file = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    schema = yaml.safe_load(schema_file.read_text())
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config),
+        key=lambda error: [str(part) for part in error.absolute_path],
+    )
+    if errors:
+        raise ConfigError(
+            "invalid configuration:\n"
+            + "".join(
+                f"  - {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}\n"
+                for e in errors
+            )
+            + "Fix: correct these keys in the file given with --configfile (or --config); "
+            "config/README.md lists every key with its type, range and default."
+        )
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+    check_config(config)
+
+
+validate_config()
 
 DATASET = config["dataset"]["name"]
 GRID = config["grid"]
@@ -30,6 +61,151 @@ IDX_FILES = [
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 ]
+
+
+def check_dataset_dir():
+    """dataset.dir must hold the raw files the download step still has to copy: say so now,
+    not when the download job fails."""
+    folder = config["dataset"].get("dir")
+    if not folder:
+        return
+    raw = paths.raw_dir(DATASET)
+    needed = [name for name in IDX_FILES if not os.path.exists(os.path.join(raw, name))]
+    absent = [name for name in needed if not os.path.isfile(os.path.join(folder, name))]
+    if absent:
+        where = (
+            "does not exist"
+            if not os.path.isdir(folder)
+            else "lacks " + ", ".join(absent)
+        )
+        raise ConfigError(
+            f"dataset.dir {folder} {where}: the download step copies the {DATASET} files "
+            f"from there. Fix: put the four IDX files ({', '.join(IDX_FILES)}) in that folder, "
+            "or set dataset.dir: null to download them."
+        )
+
+
+check_dataset_dir()
+
+
+# --- what keeps completed work from being redone or blocked -----------------------------------
+# The profiles run Snakemake with `rerun-triggers: mtime`: edits to a rule, its params or its
+# software environment no longer rerun its jobs (otherwise every completed cell would run
+# again). The two pieces below keep what `mtime` alone would lose.
+
+
+def settings_stamp(path, values):
+    """A small JSON file of config values that some rules must follow, rewritten (so newer
+    than their outputs) only when the values change; those rules take it as an input."""
+    text = json.dumps(values, sort_keys=True, indent=1) + "\n"
+    try:
+        current = Path(path).read_text()
+    except OSError:
+        current = None
+    if current != text:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+# In the raw folder: the partition script reads the folder of its inputs.
+PARTITION_SETTINGS = settings_stamp(
+    f"{paths.raw_dir(DATASET)}/.partition.settings.json",
+    dict(partition=config["partition"], test_size=config["training"].get("test_size")),
+)
+# dlscale.aggregate skips inputs named *.settings.json.
+TABLE_SETTINGS = settings_stamp(
+    f"results/.settings/{DATASET}-tables.settings.json",
+    {key: config[key] for key in ("grid", "backends", "scaling_modes", "aggregate")},
+)
+
+
+def cell_inputs(backend=None):
+    """Input function of a cell rule: its data, or nothing once its metrics.json exists.
+
+    A completed cell then depends on nothing, so no later change upstream (a grid that grows,
+    subsets made again, resources/ deleted) reruns it: it is rewritten only when asked (delete
+    its metrics.json, or --forcerun it; README, "Failure handling"). The shell command takes
+    the data folders from params, so a forced rerun still finds them."""
+
+    def inputs(wildcards):
+        cell = paths.cell_dir(
+            wildcards.dataset,
+            backend or wildcards.backend,
+            wildcards.scaling,
+            wildcards.size,
+            wildcards.cores,
+            wildcards.rep,
+        )
+        if os.path.exists(f"{cell}/metrics.json"):
+            return {}
+        return dict(
+            train=paths.subset_dir(wildcards.dataset, int(wildcards.size)),
+            test=paths.test_dir(wildcards.dataset),
+            # Every subset is prepared before any cell starts, so no untimed job shares a
+            # timed cell's CPUs.
+            prepared=all_subsets(),
+        )
+
+    return inputs
+
+
+LOCK_OWNER = ".snakemake/dlscale-lock-owner.json"
+
+
+def process_alive(pid):
+    """Whether process `pid` exists (a reused pid reads as alive: the safe side)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, TypeError, ValueError):
+        return True
+    return True
+
+
+def record_lock_owner():
+    """onstart (the run holds Snakemake's locks by then): who took them."""
+    owner = dict(host=socket.gethostname(), pid=os.getpid())
+    Path(LOCK_OWNER).write_text(json.dumps(owner))
+
+
+def remove_stale_locks():
+    """Snakemake keeps its locks (.snakemake/locks) when it is SIGKILLed and then refuses to
+    run here until `--unlock`. When the run that took them (recorded by record_lock_owner)
+    ran on this host and its process is gone, the locks are removed, so that the same command
+    simply runs again (`rerun-incomplete` redoes the cells it left unfinished). Locks of a live
+    run, of a run on another host, or newer than the record, are left to Snakemake's check.
+    """
+    locks = glob.glob(".snakemake/locks/*.lock")
+    if not locks or not workflow.is_main_process:
+        return
+    try:
+        owner = json.loads(Path(LOCK_OWNER).read_text())
+        recorded = os.path.getmtime(LOCK_OWNER)
+    except (OSError, ValueError):
+        return
+    if owner.get("host") != socket.gethostname():
+        return
+    if process_alive(owner.get("pid")):
+        return  # still running
+    if any(os.path.getmtime(lock) > recorded for lock in locks):
+        return  # taken by a run that has not recorded itself yet
+    for lock in locks:
+        os.remove(lock)
+    logger.warning(
+        f"Removed the locks left in .snakemake/locks by Snakemake pid {owner.get('pid')} on "
+        "this host, which was killed; cells it left unfinished run again."
+    )
+
+
+remove_stale_locks()
+
+
+onstart:
+    record_lock_owner()
 
 
 def trainer_python():

@@ -16,6 +16,7 @@ rule download:
 rule partition_subset:
     input:
         rules.download.output,
+        PARTITION_SETTINGS,
     output:
         directory("resources/{dataset}/subsets/n{size}"),
     log:
@@ -36,6 +37,7 @@ rule partition_subset:
 rule partition_test:
     input:
         rules.download.output,
+        PARTITION_SETTINGS,
     output:
         directory("resources/{dataset}/test"),
     log:
