@@ -273,6 +273,8 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     }
     command = cluster.submit_command(trainer_app, app_args, conf)
     env = cluster.daemon_env()
+    if cell_id(args) in os.environ.get(TRAINER_FAULT_VAR, "").split(","):  # tests only
+        env["DLSCALE_FAULT"] = "trainer-error"
     log.info("spark-submit %s", " ".join(command[1:]))
     sys.stderr.flush()
     # cwd: BigDL writes bigdl.log into the driver's working directory, which must not be shared.
@@ -303,6 +305,11 @@ def cell_id(args: argparse.Namespace) -> str:
 # Test-only fault switch: a comma-separated list of cell ids ("n256/c2/r1") that fail at once.
 # Used by the rerun tests to make one cell fail while the others complete.
 FAIL_CELLS_VAR = "DLSCALE_FAIL_CELLS"
+
+
+# Test-only: cell ids whose trainer fails after loading its data, with its executors running
+# (sets the trainer's DLSCALE_FAULT=trainer-error; tests/integration/test_faults.py).
+TRAINER_FAULT_VAR = "DLSCALE_TRAINER_FAULT_CELLS"
 
 
 def check_injected_fault(args: argparse.Namespace) -> None:
