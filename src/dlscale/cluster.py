@@ -36,6 +36,16 @@ CLUSTER_TAG_VAR = "DLSCALE_CLUSTER_TAG"
 DAEMON_JVM_OPTS = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"]
 
 
+def scala_version(spark_home: str) -> str:
+    """Spark's Scala version (from its spark-core jar): the worker needs it in SPARK_SCALA_VERSION
+    to build its executors' command line when it was not started by bin/spark-class."""
+    import glob
+
+    for jar in glob.glob(os.path.join(spark_home, "jars", "spark-core_*.jar")):
+        return os.path.basename(jar).split("_", 1)[1].split("-", 1)[0]
+    return "2.12"
+
+
 class ClusterError(RuntimeError):
     """The transient cluster could not start, or died; the message says which part and why."""
 
@@ -232,6 +242,7 @@ class StandaloneCluster:
         env = self.daemon_env()
         env["SPARK_MASTER_OPTS"] = env["SPARK_WORKER_OPTS"] = self._daemon_opts()
         out = open(os.path.join(self.scratch, "logs", name + ".log"), "ab")
+        env["SPARK_SCALA_VERSION"] = scala_version(self.install.spark_home)  # spark-class sets it
         proc = subprocess.Popen(
             list(prefix) + self._java_command(argv),
             env=env,
