@@ -70,6 +70,16 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+def _cell_load(host_load: Any) -> float:
+    """The mean of the 1-minute load averages at a cell's start and end (``host_load``, JSON in
+    cells.csv); NaN when the cell did not record it."""
+    try:
+        loads = json.loads(host_load)["load_avg"] if isinstance(host_load, str) else host_load["load_avg"]
+        return sum(loads) / len(loads)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError):
+        return math.nan
+
+
 def per_cores(cells: pd.DataFrame) -> dict[int, dict[str, float]]:
     """Means (and spreads) over the repetitions of one (backend, scaling) group, per core count."""
     out: dict[int, dict[str, float]] = {}
@@ -90,6 +100,8 @@ def per_cores(cells: pd.DataFrame) -> dict[int, dict[str, float]]:
             "test_accuracy": _mean(rows["test_accuracy"]),
             "cpus_allowed": sorted({str(v) for v in rows["cpus_allowed"]}),
             "oversubscribed": bool((rows["n_cpus_allowed"] < rows["cores"]).any()),
+            "load_avg": _mean(pd.Series([_cell_load(v) for v in rows.get("host_load", pd.Series(dtype=object))],
+                                        dtype=float).dropna()),
         }
         for phase in BREAKDOWN_PHASES:
             column = f"t_{phase}"
@@ -265,14 +277,17 @@ def format_report(summary: dict[str, Any], targets: list[dict[str, Any]], contex
         "",
         "## Per cell (means over repetitions; ± sample std)",
         "",
+        "load avg: the machine's 1-minute load average around the cells (2 CPUs here): above the",
+        "cell's own core count, other work shared the machine and the timings are pessimistic.",
+        "",
         "| backend | scaling | cores | batch | train s | records/s | records/s per core | overhead s "
-        "(start+stop+load) | total s | accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(start+stop+load) | total s | accuracy | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for group in summary["groups"]:
         for cores, v in group["cores"].items():
             lines.append(
-                "| %s | %s | %s | %s | %s ± %s | %s | %s | %s ± %s | %s ± %s | %s |"
+                "| %s | %s | %s | %s | %s ± %s | %s | %s | %s ± %s | %s ± %s | %s | %s |"
                 % (
                     group["backend"],
                     group["scaling"],
@@ -287,6 +302,7 @@ def format_report(summary: dict[str, Any], targets: list[dict[str, Any]], contex
                     _fmt(v["total_s"], ".1f"),
                     _fmt(v["total_s_std"], ".1f"),
                     _fmt(v["test_accuracy"], ".3f"),
+                    _fmt(v.get("load_avg", math.nan), ".1f"),
                 )
             )
     lines += [

@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Dict, Iterator, List, Optional
 
+from dlscale import hoststat
 from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent
 
 log = logging.getLogger("dlscale.cell")
@@ -344,6 +345,7 @@ def run_cell(args: argparse.Namespace) -> dict:
     tick = time.time()
     with claimed_cpus(cores_per_node) as cpus, private_scratch() as scratch:
         cpu_wait = time.time() - tick  # queued behind other cells for free CPUs: not the cell's time
+        host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
         log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, cores_per_node, scratch)
         host = socket.gethostname() if nodes else "127.0.0.1"  # loopback unless spanning nodes
         cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
@@ -363,6 +365,7 @@ def run_cell(args: argparse.Namespace) -> dict:
             log.info("cluster stopped in %.1f s", cluster_stop)
             if not succeeded:
                 show_logs(scratch)
+        host_load = hoststat.busy_report(host_at_start, hoststat.Snapshot(cpus))
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     trainer_t = result["timings_s"]
     timings = {
@@ -402,6 +405,7 @@ def run_cell(args: argparse.Namespace) -> dict:
         },
         "versions": result["versions"],
         "timings_s": timings,
+        "host_load": host_load,
         "records_per_s": result["records_per_s"],
         "train_records": result["train_records"],
         "final_loss": result["final_loss"],

@@ -33,6 +33,7 @@ import sys
 import time
 from typing import List, Optional, Tuple
 
+from dlscale import hoststat
 from dlscale.cell import SCHEMA_VERSION, claimed_cpus, global_batch, parse_args, write_json_atomically
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS
 
@@ -159,9 +160,11 @@ def run_cell(args: argparse.Namespace) -> dict:
     batch = global_batch(args)
     with claimed_cpus(args.cores) as cpus:
         cpu_wait = time.time() - t0  # queued behind other cells for free CPUs: not the cell's time
+        host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
         log.info("torch cell confined to CPUs %s (asked for %d), global batch %d", cpus, args.cores, batch)
         result = train_and_evaluate(args, batch)
         seen_cpus = sorted(os.sched_getaffinity(0))
+        host_load = hoststat.busy_report(host_at_start, hoststat.Snapshot(cpus))
     timings = dict(result["timings_s"], cluster_start=0.0, cluster_stop=0.0, cpu_wait=cpu_wait,
                    total=time.time() - t0 - cpu_wait)
     return {
@@ -185,6 +188,7 @@ def run_cell(args: argparse.Namespace) -> dict:
         "threads": result["threads"],
         "versions": result["versions"],
         "timings_s": timings,
+        "host_load": host_load,
         "records_per_s": result["records_per_s"],
         "train_records": result["train_records"],
         "final_loss": result["final_loss"],
