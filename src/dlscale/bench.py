@@ -273,6 +273,10 @@ def format_report(summary: dict[str, Any], targets: list[dict[str, Any]], contex
     ]
     if context.get("load_before"):
         lines.append("load average before the run: %s; after: %s" % (context["load_before"], context.get("load_after")))
+    for backend, q in (context.get("quiet_wait") or {}).items():
+        lines.append("%s cells started %s (1-min load %.2f, threshold %.2f, waited %.0f s)"
+                     % (backend, "on a quiet machine" if q["quiet"] else "on a BUSY machine", q["load"],
+                        q["threshold"], q["waited_s"]))
     lines += [
         "",
         "## Per cell (means over repetitions; ± sample std)",
@@ -496,6 +500,22 @@ def _snakemake(work: Path, config: Path, cores: int, targets: Sequence[str], log
     return wall
 
 
+def wait_for_quiet(threshold: float, timeout_s: float, poll_s: float = 10.0) -> dict:
+    """Wait (up to ``timeout_s``) until the machine's 1-minute load average is below
+    ``threshold``: other work on the machine shares the cells' CPUs (the confinement keeps a
+    cell off other cells' CPUs, not other users' processes off the cell's). Never fails: the
+    report says whether the machine was quiet when the timed run began."""
+    tick = time.time()
+    load = os.getloadavg()[0]
+    while load >= threshold and time.time() - tick < timeout_s:
+        log.info("load average %.2f >= %.2f: waiting for a quieter machine (%.0f s left)",
+                 load, threshold, timeout_s - (time.time() - tick))
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
+    return {"load": round(load, 2), "threshold": threshold, "quiet": load < threshold,
+            "waited_s": round(time.time() - tick, 1)}
+
+
 def _loadavg() -> str:
     try:
         return " ".join("%.2f" % v for v in os.getloadavg())
@@ -535,8 +555,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     walls: dict[str, float] = {}
     load_before = _loadavg()
+    quiet = {}
     for backend in args.backends:  # one backend at a time: each gets a study wall time of its own
         targets = [cell.metrics_path for cell in grid.cells() if cell.backend == backend]
+        if args.quiet_load > 0:
+            quiet[backend] = wait_for_quiet(args.quiet_load, args.quiet_timeout)
         log.info("running %d %s cells (clean grid)", len(targets), backend)
         walls[backend] = _snakemake(work, config_path, cpus, targets, log_file)
         log.info("%s cells done in %.0f s", backend, walls[backend])
@@ -555,6 +578,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "host": platform.node(),
         "cpus_usable": cpus,
         "load_before": load_before,
+        "quiet_wait": quiet,
         "load_after": load_after,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "study_tables": str(work / paths.tables_dir(args.dataset)),
@@ -590,6 +614,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--backends", nargs="+", default=["bigdl", "torch"], choices=["bigdl", "torch"])
     parser.add_argument("--scaling", nargs="+", default=["strong", "weak"], choices=["strong", "weak"])
+    parser.add_argument("--quiet-load", type=float, default=1.5,
+                        help="before each backend's timed run, wait until the 1-minute load average is "
+                             "below this (0: do not wait); default 1.5")
+    parser.add_argument("--quiet-timeout", type=float, default=600, help="wait at most this many seconds")
     parser.add_argument("--report-only", action="store_true",
                         help="recompute the figures from the cells of the last run (no training)")
     return parser.parse_args(argv)

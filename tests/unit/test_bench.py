@@ -186,3 +186,20 @@ def test_bench_config_is_a_valid_study_config():
     jsonschema.validate(config, schema)
     assert config["grid"] == {"sizes": [1000], "cores": [1, 2], "repetitions": 2}
     assert config["backends"] == ["bigdl"] and config["scaling_modes"] == ["weak"]
+
+
+def test_wait_for_quiet_polls_the_load_average(monkeypatch):
+    loads = iter([3.0, 2.0, 0.5])
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    report = bench.wait_for_quiet(1.5, timeout_s=60)
+    assert report["quiet"] and report["load"] == 0.5 and report["threshold"] == 1.5
+
+
+def test_wait_for_quiet_gives_up_and_says_so(monkeypatch):
+    clock = iter(range(0, 1000, 30))
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (4.0, 0.0, 0.0))
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench.time, "time", lambda: float(next(clock)))
+    report = bench.wait_for_quiet(1.5, timeout_s=60)
+    assert not report["quiet"] and report["load"] == 4.0
