@@ -104,6 +104,8 @@ def test_partial_aggregation_marks_and_lists_missing_cells(failed_study):
     workdir, _ = failed_study
     proc = profile_run(workdir, str(REPO / "config" / "partial.yaml"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = sacct_rows(["--name", run_id(proc)], "JobID,Comment,State,AllocCPUS", 2, timeout=120)
+    assert sorted(r["Comment"] for r in jobs) == ["rule_aggregate", "rule_plot"]  # no cell reran
     tables = workdir / "results/tables/fashion-mnist"
     missing = pd.read_csv(tables / "missing_cells.csv")
     assert len(missing) == 1 and int(missing.iloc[0]["cores"]) == 2
