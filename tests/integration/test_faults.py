@@ -1,0 +1,651 @@
+"""Faults, for real: cells of one small study are broken while they run, through the real
+`snakemake` command, and each fault must end the same way: the cell fails with a clear message in
+its log, nothing of its transient Spark cluster keeps running (checked by the cell's process tree,
+by its cluster tag and by command line), its scratch is gone, its ports are free, no metrics.json
+is written; and running the same command again then completes the cells.
+
+One study (fashion-mnist, sizes 256 and 512 then 1024, one core each, two cells at a time):
+
+1. n256: the trainer fails after loading its data (DLSCALE_TRAINER_FAULT_CELLS);
+   n512: the cell is SIGKILLed mid-training (no teardown code runs: the kernel's parent-death
+   signal must still take its daemons down; its scratch stays until the next cell sweeps it).
+2. n256: SIGTERM mid-training (what scancel and the walltime send), then more SIGTERMs during
+   the teardown; n512: its Spark worker JVM is SIGKILLed mid-training.
+3. the same command again: both cells succeed side by side (no shared ports, scratch, log or
+   CPU: the collision test of the local executor).
+4. the whole study: the n1024 cell starts; Snakemake is SIGKILLed mid-training; the orphaned cell
+   stops itself; the same command again finishes the study, the earlier cells byte-identical.
+5. later runs never rewrite a completed cell: not when settings change, not when the data is
+   prepared again, not when the grid grows; only when asked (--forcerun / deleting metrics.json).
+
+The Slurm variant (two cells as two Slurm jobs on the one test node) runs against the local Slurm
+of tests/slurm/slurm-up.sh and skips when no controller answers, unless DLSCALE_REQUIRE_SLURM=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import yaml
+
+from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO, TRAINER_PYTHON
+
+pytestmark = pytest.mark.integration
+
+DATASET = "fashion-mnist"
+SMALL, OTHER, BIG, NEW = 256, 512, 1024, 128
+TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO (cluster.py log4j)
+
+
+# --- processes, seen through /proc --------------------------------------------------------------
+def proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            table[int(entry)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
+    children = defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    found, stack = [], [root]
+    while stack:
+        for child in children[stack.pop()]:
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def read_proc(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def cmdline(pid: int) -> str:
+    return read_proc(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def cluster_tag(pid: int) -> Optional[str]:
+    for item in read_proc(pid, "environ").split(b"\0"):
+        if item.startswith(b"DLSCALE_CLUSTER_TAG="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def listen_sockets() -> dict[int, tuple[str, int]]:
+    """inode -> (local address hex, port) of every TCP socket in LISTEN state."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if fields[3] == "0A":
+                    address, port = fields[1].rsplit(":", 1)
+                    found[int(fields[9])] = (address, int(port, 16))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return inodes
+
+
+def still_running(seen: dict[int, tuple[int, str]]) -> list[tuple[int, str]]:
+    """The processes of ``seen`` (pid -> (start time, cmdline)) that still run (not zombies)."""
+    table = proc_table()
+    left = []
+    for pid, (start, cmd) in seen.items():
+        if table.get(pid, (0, None))[1] == start:
+            state = read_proc(pid, "stat").rsplit(b")", 1)[-1].split()[:1]
+            if state != [b"Z"]:
+                left.append((pid, cmd))
+    return left
+
+
+def tagged(tags: set[str]) -> list[tuple[int, str]]:
+    return [(pid, cmdline(pid)) for pid in proc_table() if cluster_tag(pid) in tags]
+
+
+# --- watching the cells of one Snakemake run ---------------------------------------------------
+@dataclass
+class CellRun:
+    """What one run of one cell was seen doing."""
+
+    size: int
+    log: Path
+    pid: Optional[int] = None
+    seen: dict[int, tuple[int, str]] = field(default_factory=dict)  # pid -> (start, cmdline)
+    tags: set[str] = field(default_factory=set)
+    listen: dict[int, tuple[str, int]] = field(default_factory=dict)  # inode -> (address, port)
+    done: list[str] = field(default_factory=list)  # the faults injected, in order
+    frozen: Optional[str] = None  # the log as this run left it (a later run rewrites the file)
+
+    def freeze(self) -> None:
+        self.frozen = self.log_text()
+
+    def log_text(self) -> str:
+        if self.frozen is not None:
+            return self.frozen
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def scratch(self) -> Optional[str]:
+        match = re.search(r"scratch (\S+dlscale-cell-\S+)", self.log_text())
+        return match.group(1) if match else None
+
+    @property
+    def master_url(self) -> Optional[str]:
+        match = re.search(r"cluster up in [\d.]+ s at (spark://\S+)", self.log_text())
+        return match.group(1) if match else None
+
+    def find(self, pattern: str) -> list[int]:
+        """Pids seen whose command line matches."""
+        return [pid for pid, (_, cmd) in self.seen.items() if re.search(pattern, cmd)]
+
+
+# An action: (when, what) -> the watcher calls what(run) once, as soon as when(run) is true.
+Action = tuple[Callable[[CellRun], bool], Callable[[CellRun], None]]
+
+
+class Watcher(threading.Thread):
+    """Follows every cell process running in ``workdir``: its whole process tree, their
+    cluster tags and listening sockets; injects the faults it is given."""
+
+    def __init__(self, workdir: Path, actions: dict[int, Action]):
+        super().__init__(daemon=True)
+        self.workdir, self.actions = workdir, dict(actions)
+        self.cells: dict[int, CellRun] = {}
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def cell_log(self, size: int) -> Path:
+        return self.workdir / f"results/logs/cells/{DATASET}/bigdl/strong/n{size}/c1/r1.log"
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.scan()
+            except Exception as error:  # reported by the test, never swallowed
+                self.errors.append(repr(error))
+            time.sleep(0.25)
+
+    def scan(self) -> None:
+        table = proc_table()
+        listening = listen_sockets()
+        for pid in table:
+            cmd = cmdline(pid)
+            if "-m dlscale.cell" not in cmd or os.path.realpath(f"/proc/{pid}/cwd") != str(self.workdir):
+                continue
+            size = int(re.search(r"--size (\d+)", cmd).group(1))
+            run = self.cells.setdefault(size, CellRun(size, self.cell_log(size)))
+            run.pid = pid
+            for child in [pid] + descendants(pid, table):
+                start = table.get(child, (0, 0))[1]
+                run.seen[child] = (start, cmdline(child) or run.seen.get(child, (0, ""))[1])
+                tag = cluster_tag(child)
+                if tag and child != pid:
+                    run.tags.add(tag)
+                for inode in socket_inodes(child) & listening.keys():
+                    run.listen[inode] = listening[inode]
+            if size in self.actions:
+                when, what = self.actions[size]
+                if when(run):
+                    del self.actions[size]
+                    what(run)
+
+    def __enter__(self) -> "Watcher":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def training(run: CellRun) -> bool:
+    return TRAINING_STARTED in run.log_text()
+
+
+def executors_up(run: CellRun) -> bool:
+    return bool(run.find("CoarseGrainedExecutorBackend"))
+
+
+# --- the faults --------------------------------------------------------------------------------
+def kill_cell(run: CellRun) -> None:
+    os.kill(run.pid, signal.SIGKILL)
+    run.done.append("SIGKILL cell")
+
+
+def terminate_cell_repeatedly(run: CellRun) -> None:
+    """SIGTERM, then more of them while the cell tears down (Slurm signals every process of a
+    job, users press Ctrl-C twice): the teardown must not be cut short."""
+    os.kill(run.pid, signal.SIGTERM)
+    run.done.append("SIGTERM cell")
+
+    def more() -> None:
+        for delay in (0.3, 0.7, 1.0, 1.5):
+            time.sleep(delay)
+            try:
+                os.kill(run.pid, signal.SIGTERM)
+                run.done.append("SIGTERM cell again")
+            except ProcessLookupError:
+                return
+
+    threading.Thread(target=more, daemon=True).start()
+
+
+def kill_worker(run: CellRun) -> None:
+    workers = run.find(r"org\.apache\.spark\.deploy\.worker\.Worker")
+    assert workers, f"no worker JVM among {sorted(run.seen)}"
+    os.kill(workers[0], signal.SIGKILL)
+    run.done.append("SIGKILL worker %d" % workers[0])
+
+
+# --- the study ---------------------------------------------------------------------------------
+@dataclass
+class Study:
+    workdir: Path
+    env: dict[str, str]
+    scratch: Path
+
+    def command(self, *targets: str) -> list[str]:
+        return [str(DRIVER_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(self.workdir),
+                "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"),
+                "--configfile", str(self.workdir / "test-config.yaml"), "--cores", "2", *targets]
+
+    def snakemake(self, *targets: str, extra_env: Optional[dict] = None, timeout: float = 1200):
+        env = {**self.env, **(extra_env or {})}
+        return subprocess.run(self.command(*targets), env=env, capture_output=True, text=True, timeout=timeout)
+
+    def metrics(self, size: int) -> Path:
+        return self.workdir / f"results/cells/{DATASET}/bigdl/strong/n{size}/c1/r1/metrics.json"
+
+    def set_config(self, **changes) -> None:
+        path = self.workdir / "test-config.yaml"
+        config = yaml.safe_load(path.read_text())
+        for key, value in changes.items():
+            config[key] = {**config.get(key, {}), **value}
+        path.write_text(yaml.safe_dump(config))
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, trainer_python) -> Study:
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Debian's dataset-fashion-mnist is missing: run `make fashion-mnist`")
+    workdir = tmp_path_factory.mktemp("faults").resolve()
+    config = {
+        "dataset": {"name": DATASET, "dir": str(FASHION_MNIST)},
+        "grid": {"sizes": [SMALL, OTHER], "cores": [1], "repetitions": 1},
+        "training": {"test_size": 500},
+        "partition": {"files": 2},
+        "spark": {"executor_memory": "1g", "driver_memory": "1g", "worker_memory": "1g"},
+    }
+    (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
+    scratch = workdir / "scratch"
+    scratch.mkdir()
+    # Private CPU claims and scratch: other cells on this machine neither block nor see ours.
+    env = {**os.environ, "DLSCALE_SCRATCH": str(scratch), "DLSCALE_CPU_LOCK_DIR": str(workdir / "cpu-locks")}
+    env.pop("DLSCALE_TRAINER_FAULT_CELLS", None)
+    made = Study(workdir, env, scratch)
+    data = [f"resources/{DATASET}/subsets/n{size}" for size in (SMALL, OTHER, BIG)] + [f"resources/{DATASET}/test"]
+    proc = made.snakemake(*data)
+    assert proc.returncode == 0, output(proc)[-4000:]
+    return made
+
+
+def run_with_faults(study: Study, actions: dict[int, Action], *targets: str, extra_env=None):
+    with Watcher(study.workdir, actions) as watcher:
+        proc = study.snakemake(*targets, extra_env=extra_env)
+    for run in watcher.cells.values():
+        run.freeze()
+    assert not watcher.errors, watcher.errors
+    assert not watcher.actions, f"faults never injected (cells never reached them): {list(watcher.actions)}\n" \
+        + output(proc)[-3000:]
+    return proc, watcher.cells
+
+
+def cell_targets(study: Study) -> list[str]:
+    return [str(study.metrics(size).relative_to(study.workdir)) for size in (SMALL, OTHER)]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return predicate()
+
+
+def assert_nothing_left(run: CellRun, scratch_removed: bool = True) -> None:
+    """No process of the cell, by its process tree, its cluster tag or its command line; its
+    ports free; its scratch gone; no metrics (not even a temp file)."""
+    assert run.seen, "the watcher never saw the cell"
+    assert run.tags, "the cell's cluster tag was never seen: the check by tag would prove nothing"
+    assert run.find(r"deploy\.master\.Master") and run.find(r"deploy\.worker\.Worker"), "daemons never seen"
+    wait_until(lambda: not still_running(run.seen), 30)
+    assert not still_running(run.seen), f"processes of the cell still running: {still_running(run.seen)}"
+    assert tagged(run.tags) == [], f"processes still carry the cell's cluster tag: {tagged(run.tags)}"
+    scratch = run.scratch
+    assert scratch, "the cell's log names no scratch directory"
+    by_cmdline = [(pid, cmdline(pid)) for pid in proc_table() if scratch in cmdline(pid)]
+    assert by_cmdline == [], f"processes still name the cell's scratch {scratch}: {by_cmdline}"
+    assert run.listen, "no listening socket of the cell was seen: the port check would prove nothing"
+    still = listen_sockets()
+    assert not set(run.listen) & set(still), "sockets of the cell still listen"
+    ports = {port for _, port in run.listen.values()}
+    assert not ports & {port for _, port in still.values()}, f"ports of the cell still listening: {ports}"
+    if scratch_removed:
+        assert not os.path.exists(scratch), f"scratch {scratch} left behind"
+
+
+def assert_no_metrics(study: Study, size: int) -> None:
+    folder = study.metrics(size).parent
+    assert not study.metrics(size).exists()
+    assert not folder.exists() or list(folder.iterdir()) == [], list(folder.iterdir())
+
+
+# --- 1. trainer error and SIGKILL of a cell ----------------------------------------------------
+@pytest.fixture(scope="module")
+def first_faults(study):
+    proc, cells = run_with_faults(
+        study,
+        {OTHER: (training, kill_cell)},
+        *cell_targets(study),
+        extra_env={"DLSCALE_TRAINER_FAULT_CELLS": f"n{SMALL}/c1/r1"},
+    )
+    return proc, cells
+
+
+def test_trainer_error_fails_the_cell_clearly_and_leaves_nothing(study, first_faults):
+    proc, cells = first_faults
+    assert proc.returncode != 0
+    run = cells[SMALL]
+    log = run.log_text()
+    assert "DLSCALE_FAULT=trainer-error: injected trainer failure" in log
+    assert re.search(r"FAILED: the trainer failed \(spark-submit exit code 1\).*no metrics were written; "
+                     r"rerun the workflow", log)
+    assert "----- last" in log and "logs/worker-0.log" in log  # the daemons' logs outlive the scratch
+    assert_nothing_left(run)
+    assert_no_metrics(study, SMALL)
+    # Snakemake shows the user which cell failed and its log
+    assert "Error in rule train_cell" in output(proc) and str(run.log.relative_to(study.workdir)) in output(proc)
+
+
+def test_sigkill_of_a_cell_still_takes_its_cluster_down(study, first_faults):
+    proc, cells = first_faults
+    run = cells[OTHER]
+    assert run.done == ["SIGKILL cell"]
+    assert TRAINING_STARTED in run.log_text()  # it was killed mid-training
+    # No teardown code could run: the kernel's parent-death signal stops the daemons and the
+    # driver, and the worker's executors go with it.
+    assert_nothing_left(run, scratch_removed=False)
+    assert os.path.isdir(run.scratch), "expected the scratch of a SIGKILLed cell to stay until the next cell"
+    assert_no_metrics(study, OTHER)
+
+
+# --- 2. SIGTERM (scancel, walltime) and a dead worker JVM ---------------------------------------
+@pytest.fixture(scope="module")
+def second_faults(study, first_faults):
+    return run_with_faults(
+        study,
+        {SMALL: (training, terminate_cell_repeatedly), OTHER: (training, kill_worker)},
+        *cell_targets(study),
+    )
+
+
+def test_sigterm_stops_the_cell_with_a_full_teardown(study, second_faults):
+    proc, cells = second_faults
+    assert proc.returncode != 0
+    run = cells[SMALL]
+    assert run.done[0] == "SIGTERM cell" and len(run.done) >= 2, run.done  # signals hit the teardown too
+    log = run.log_text()
+    assert "FAILED: received SIGTERM (scancel, the walltime, Ctrl-C or a stopped workflow)" in log
+    assert "SIGTERM ignored: the cell is already stopping" in log
+    assert "cluster stopped in" in log
+    assert_nothing_left(run)
+    assert_no_metrics(study, SMALL)
+
+
+def test_dead_worker_jvm_fails_the_cell_clearly(study, second_faults):
+    proc, cells = second_faults
+    run = cells[OTHER]
+    assert run.done and run.done[0].startswith("SIGKILL worker")
+    assert re.search(r"FAILED: the Spark worker-0 \(pid \d+\) died \(killed by SIGKILL\) while the trainer ran",
+                     run.log_text())
+    assert_nothing_left(run)
+    assert_no_metrics(study, OTHER)
+
+
+def test_the_next_cell_removes_the_scratch_of_a_killed_one(study, first_faults, second_faults):
+    killed = first_faults[1][OTHER].scratch
+    assert not os.path.exists(killed)
+    assert f"removing {killed}, left behind by a cell that was killed" in "".join(
+        run.log_text() for run in second_faults[1].values())
+
+
+# --- 3. the same command again: both succeed, side by side -------------------------------------
+@pytest.fixture(scope="module")
+def retried(study, second_faults):
+    proc, cells = run_with_faults(study, {}, *cell_targets(study))
+    assert proc.returncode == 0, output(proc)[-4000:]
+    return proc, cells
+
+
+def test_retry_after_the_faults_succeeds(study, retried):
+    for size in (SMALL, OTHER):
+        metrics = json.loads(study.metrics(size).read_text())
+        assert metrics["size"] == size and metrics["train_records"] == size
+        assert 0.15 < metrics["test_accuracy"] <= 1.0
+    assert sorted(os.listdir(study.scratch)) == []  # every scratch removed, the killed cell's too
+
+
+def test_two_cells_at_once_do_not_collide(study, retried):
+    _, cells = retried
+    small, other = (json.loads(study.metrics(size).read_text()) for size in (SMALL, OTHER))
+    # they ran at the same time ...
+    assert small["started_at"] < other["finished_at"] and other["started_at"] < small["finished_at"]
+    # ... on different CPUs, ports, scratch directories, logs
+    assert not set(small["cpus_allowed"]) & set(other["cpus_allowed"])
+    a, b = cells[SMALL], cells[OTHER]
+    assert a.master_url and b.master_url and a.master_url != b.master_url
+    assert not {port for _, port in a.listen.values()} & {port for _, port in b.listen.values()}
+    assert a.scratch != b.scratch and a.tags.isdisjoint(b.tags)
+    assert a.log != b.log
+    # and nothing was written outside the workflow's folders (e.g. BigDL's bigdl.log, pid files)
+    assert sorted(p.name for p in study.workdir.iterdir()) == [
+        ".snakemake", "cpu-locks", "resources", "results", "scratch", "test-config.yaml"]
+
+
+def test_web_uis_and_every_port_of_a_cell_are_on_loopback(retried):
+    """Every socket a cell listens on (master, worker and their web UIs, driver, block managers,
+    Python workers) is bound to 127.0.0.1; the driver's web UI is off."""
+    _, cells = retried
+    for run in cells.values():
+        addresses = {address for address, _ in run.listen.values()}
+        assert addresses <= {"0100007F", "0000000000000000FFFF00000100007F"}, addresses  # 127.0.0.1
+        # master + its web UI, worker + its web UI, driver RPC, two block managers at least
+        assert len(run.listen) >= 6, run.listen
+
+
+# --- 4. SIGKILL to Snakemake mid-study, then the same command ----------------------------------
+@pytest.fixture(scope="module")
+def killed_study(study, retried):
+    before = {size: (study.metrics(size).read_bytes(), study.metrics(size).stat().st_mtime_ns)
+              for size in (SMALL, OTHER)}
+    study.set_config(grid={"sizes": [SMALL, OTHER, BIG]})
+    snakemake = subprocess.Popen(study.command(), env=study.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+
+    def kill_snakemake(run: CellRun) -> None:
+        snakemake.kill()
+        run.done.append("SIGKILL snakemake")
+
+    with Watcher(study.workdir, {BIG: (training, kill_snakemake)}) as watcher:
+        try:
+            first_output, _ = snakemake.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            snakemake.kill()
+            pytest.fail("snakemake never reached the big cell's training")
+        run = watcher.cells.get(BIG)
+        assert run and run.done == ["SIGKILL snakemake"], f"never killed: {first_output[-3000:]}"
+        # the orphaned cell notices and stops itself, with its teardown
+        cell = {run.pid: run.seen[run.pid]}
+        assert wait_until(lambda: not still_running(cell), 120), "orphaned cell still running"
+    run.freeze()
+    locks_left = list((study.workdir / ".snakemake" / "locks").glob("*.lock"))
+    rerun = study.snakemake()
+    return before, run, locks_left, rerun
+
+
+def test_orphaned_cell_stops_and_cleans_up(study, killed_study):
+    _, run, _, _ = killed_study
+    assert re.search(r"FAILED: the process that started this cell \(pid \d+, e\.g\. Snakemake\) is gone",
+                     run.log_text())
+    assert_nothing_left(run)
+
+
+def test_same_command_after_sigkill_finishes_the_study_keeping_completed_cells(study, killed_study):
+    before, run, locks_left, rerun = killed_study
+    assert locks_left, "SIGKILL left no Snakemake locks: the stale-lock handling was not exercised"
+    assert rerun.returncode == 0, output(rerun)[-4000:]
+    assert "Removed the locks left in .snakemake/locks by Snakemake pid" in output(rerun)
+    for size, (data, mtime) in before.items():
+        assert study.metrics(size).read_bytes() == data and study.metrics(size).stat().st_mtime_ns == mtime
+    big = json.loads(study.metrics(BIG).read_text())
+    assert big["size"] == BIG
+    tables = study.workdir / "results" / "tables" / DATASET
+    assert len((tables / "cells.csv").read_text().strip().splitlines()) == 1 + 3
+    assert (study.workdir / "results" / "figures" / DATASET / "speedup.png").exists()
+
+
+# --- 5. later runs never rewrite a completed cell unless asked ---------------------------------
+def snapshot(study: Study) -> dict[int, tuple[bytes, int]]:
+    return {size: (study.metrics(size).read_bytes(), study.metrics(size).stat().st_mtime_ns)
+            for size in (SMALL, OTHER, BIG)}
+
+
+def jobs_of(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
+    return re.findall(rf"rule {rule}:.*?output: (\S+)", output(proc), flags=re.S)
+
+
+def test_changed_settings_do_not_rerun_completed_cells(study, killed_study):
+    before = snapshot(study)
+    study.set_config(training={"learning_rate": 0.002}, partition={"files": 3})
+    proc = study.snakemake()
+    assert proc.returncode == 0, output(proc)[-4000:]
+    assert jobs_of(proc, "train_cell") == [] and "Nothing to be done" in output(proc)
+    assert snapshot(study) == before
+
+
+def test_a_grown_grid_runs_only_the_new_cells_on_data_made_again(study, killed_study):
+    """The new cell needs data: the subsets are made again with the changed partition settings
+    (the partition settings stamp is newer than them); the completed cells still do not run."""
+    study.set_config(grid={"sizes": [SMALL, OTHER, BIG, NEW]})
+    try:
+        proc = study.snakemake("-n")
+    finally:
+        study.set_config(grid={"sizes": [SMALL, OTHER, BIG]})
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert jobs_of(proc, "train_cell") == [f"results/cells/{DATASET}/bigdl/strong/n{NEW}/c1/r1/metrics.json"]
+    assert sorted(jobs_of(proc, "partition_subset")) == sorted(
+        f"resources/{DATASET}/subsets/n{size}" for size in (SMALL, OTHER, BIG, NEW))
+
+
+def test_a_completed_cell_reruns_when_asked(study, killed_study):
+    target = str(study.metrics(SMALL).relative_to(study.workdir))
+    proc = study.snakemake("-n", "--forcerun", target)
+    jobs = re.findall(r"rule train_cell:.*?output: (\S+)", output(proc), flags=re.S)
+    assert proc.returncode == 0 and jobs == [target], output(proc)[-3000:]
+
+
+# --- Slurm: two cells as two jobs on the one test node -----------------------------------------
+def slurm_or_skip() -> None:
+    require = os.environ.get("DLSCALE_REQUIRE_SLURM") == "1"
+    reason = None
+    if shutil.which("sinfo") is None:
+        reason = "no Slurm client (sinfo) on PATH: run tests/slurm/slurm-up.sh"
+    else:
+        try:
+            res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+            if res.returncode != 0 or not res.stdout.strip():
+                reason = "no Slurm controller answers (run tests/slurm/slurm-up.sh): " + res.stderr.strip()
+        except subprocess.TimeoutExpired:
+            reason = "sinfo timed out: no Slurm controller answers"
+    if reason:
+        if require:
+            pytest.fail(reason + " (DLSCALE_REQUIRE_SLURM=1)", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.mark.slurm
+def test_two_slurm_jobs_on_one_node_both_succeed(study, retried, tmp_path):
+    slurm_or_skip()
+    env = {**study.env, "PYTHONPATH": str(REPO / "src")}
+    env.pop("DLSCALE_SCRATCH")  # node-local default (/tmp), as on a real node
+    jobs = []
+    for rep in (1, 2):
+        out = tmp_path / f"r{rep}" / "metrics.json"
+        cell = [str(TRAINER_PYTHON), "-m", "dlscale.cell", "--dataset", DATASET, "--size", str(SMALL),
+                "--cores", "1", "--repetition", str(rep),
+                "--train-dir", str(study.workdir / f"resources/{DATASET}/subsets/n{SMALL}"),
+                "--test-dir", str(study.workdir / f"resources/{DATASET}/test"), "--out", str(out),
+                "--executor-memory", "1g", "--driver-memory", "1g", "--worker-memory", "1g"]
+        command = ["sbatch", "--parsable", "--wait", "--cpus-per-task=1", "--mem=6000", "--time=20",
+                   "-o", str(tmp_path / f"r{rep}.log"), "--wrap", "exec " + " ".join(cell)]
+        jobs.append((subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True), out, tmp_path / f"r{rep}.log"))
+    results = []
+    for proc, out, log in jobs:
+        stdout, stderr = proc.communicate(timeout=1500)
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert proc.returncode == 0, f"sbatch job failed ({proc.returncode}): {stderr}\n{text[-3000:]}"
+        results.append((json.loads(out.read_text()), text))
+    (first, log1), (second, log2) = results
+    assert first["slurm_job_id"] and second["slurm_job_id"] and first["slurm_job_id"] != second["slurm_job_id"]
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"], \
+        "the two jobs did not run at the same time (node busy?)"
+    urls = [re.search(r"cluster up in [\d.]+ s at (spark://\S+)", text).group(1) for text in (log1, log2)]
+    scratches = [re.search(r"scratch (\S+)", text).group(1) for text in (log1, log2)]
+    assert urls[0] != urls[1] and scratches[0] != scratches[1]
+    assert not any(os.path.exists(path) for path in scratches)
