@@ -203,3 +203,27 @@ def test_wait_for_quiet_gives_up_and_says_so(monkeypatch):
     monkeypatch.setattr(bench.time, "time", lambda: float(next(clock)))
     report = bench.wait_for_quiet(1.5, timeout_s=60)
     assert not report["quiet"] and report["load"] == 4.0
+
+
+def test_steady_throughput_is_the_second_half_of_bigdls_iterations(tmp_path):
+    lines = [
+        "[Epoch 1 64/5000][Iteration %d][Wall Clock 1s] Trained 64.0 records in %s seconds. Throughput is x" % (i, t)
+        for i, t in enumerate([1.0, 0.5, 0.2, 0.2, 0.1, 0.3], start=1)
+    ]
+    assert bench.steady_throughput("\n".join(lines)) == pytest.approx(3 * 64 / 0.6)
+    assert math.isnan(bench.steady_throughput("no iterations here"))
+
+
+def test_steady_throughput_column_from_the_cells_logs(cells, tmp_path):
+    for row in cells.itertuples(index=False):
+        log = bench.cell_log(tmp_path, (row.dataset, row.backend, row.scaling, row.size, row.cores, row.repetition))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("Trained 64.0 records in 0.1 seconds.\nTrained 64.0 records in 0.2 seconds.\n"
+                       if row.backend == "bigdl" else "")
+    with_steady = bench.add_steady_throughput(cells, tmp_path)
+    bigdl = with_steady[with_steady["backend"] == "bigdl"]["steady_records_per_s"]
+    assert bigdl.tolist() == pytest.approx([320.0] * len(bigdl))  # the second of the two iterations
+    assert with_steady[with_steady["backend"] == "torch"]["steady_records_per_s"].isna().all()
+    summary = bench.summarize(with_steady, {}, PUBLISHED)
+    group = next(g for g in summary["groups"] if g["backend"] == "bigdl")
+    assert group["cores"]["2"]["steady_records_per_s_per_core"] == pytest.approx(160.0)
