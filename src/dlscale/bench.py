@@ -655,7 +655,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "below this (0: do not wait); default 1.5")
     parser.add_argument("--quiet-timeout", type=float, default=600, help="wait at most this many seconds")
     parser.add_argument("--report-only", action="store_true",
-                        help="recompute the figures from the cells of the last run (no training)")
+                        help="recompute the report from the cells of the last run in --out (no training; "
+                             "give the same grid options as that run)")
     return parser.parse_args(argv)
 
 
