@@ -81,9 +81,10 @@ CONFIGS = {
 def dry_runs(tmp_path_factory):
     """Every bad configuration through `snakemake -n`, in parallel (each is a few seconds of
     parsing)."""
+    workdirs = {name: tmp_path_factory.mktemp(name.replace(" ", "-")) for name in CONFIGS}  # not thread-safe
+
     def one(name):
-        workdir = tmp_path_factory.mktemp(name.replace(" ", "-"))
-        return workdir, snakemake(workdir, CONFIGS[name][0], "-n")
+        return workdirs[name], snakemake(workdirs[name], CONFIGS[name][0], "-n")
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(CONFIGS, pool.map(one, CONFIGS)))
