@@ -267,6 +267,7 @@ def jvm_options(cores: int) -> Dict[str, str]:
 
 
 def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: str) -> dict:
+    cores_per_node = cluster.cores_per_worker
     result_path = os.path.join(scratch, "trainer-result.json")
     trainer_app = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer.py")
     app_args = [
@@ -282,7 +283,8 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
         "--seed", str(args.seed),
     ]
     conf = {
-        "spark.executor.cores": str(args.cores),
+        # One executor per worker (node) with that node's cores; all of them together.
+        "spark.executor.cores": str(cores_per_node),
         "spark.cores.max": str(args.cores),
         "spark.executor.memory": args.executor_memory,
         "spark.driver.memory": args.driver_memory,

@@ -32,18 +32,11 @@ log = logging.getLogger(__name__)
 # including executors and Python workers that daemons start in process groups of their own.
 CLUSTER_TAG_VAR = "DLSCALE_CLUSTER_TAG"
 
-# JVM options of the master and worker daemons (see StandaloneCluster._java_command).
-DAEMON_JVM_OPTS = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xshare:auto"]
-
-
-def scala_version(spark_home: str) -> str:
-    """Spark's Scala version (from its spark-core jar): the worker needs it in SPARK_SCALA_VERSION
-    to build its executors' command line when it was not started by bin/spark-class."""
-    import glob
-
-    for jar in glob.glob(os.path.join(spark_home, "jars", "spark-core_*.jar")):
-        return os.path.basename(jar).split("_", 1)[1].split("-", 1)[0]
-    return "2.12"
+# JVM options of the master and worker daemons, and of spark-class's launcher JVM (which only
+# prints the daemon's java command). Both are small and short-lived: C1 only (no C2 compiler
+# threads competing with the cell's work), serial GC, a small heap.
+DAEMON_MEMORY = "256m"
+LEAN_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xshare:auto"
 
 
 class ClusterError(RuntimeError):
@@ -229,22 +222,16 @@ class StandaloneCluster:
         return ("-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
                 " -Dspark.ui.killEnabled=false -Dspark.master.rest.enabled=false")
 
-    def _java_command(self, argv: List[str]) -> List[str]:
-        """What ``bin/spark-class`` would exec for a master or worker, without its launcher JVM
-        (``org.apache.spark.launcher.Main`` only prints this command: one JVM start less per
-        daemon, seconds on a 1-CPU cell). The daemons are small and short-lived: C1 only (no C2
-        compiler threads competing with the cell's work), serial GC, a small heap."""
-        classpath = self.conf_dir + "/:" + os.path.join(self.install.spark_home, "jars", "*")
-        return ([os.path.join(self.install.java_home, "bin", "java"), "-cp", classpath]
-                + DAEMON_JVM_OPTS + self._daemon_opts().split() + argv)
-
     def _spawn(self, name: str, argv: List[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
         env = self.daemon_env()
+        # pyspark's own bin/spark-class: it reads these for a Master or Worker.
         env["SPARK_MASTER_OPTS"] = env["SPARK_WORKER_OPTS"] = self._daemon_opts()
+        env["SPARK_DAEMON_MEMORY"] = DAEMON_MEMORY
+        env["SPARK_DAEMON_JAVA_OPTS"] = env["SPARK_LAUNCHER_OPTS"] = LEAN_JVM_OPTS
         out = open(os.path.join(self.scratch, "logs", name + ".log"), "ab")
-        env["SPARK_SCALA_VERSION"] = scala_version(self.install.spark_home)  # spark-class sets it
+        spark_class = os.path.join(self.install.spark_home, "bin", "spark-class")
         proc = subprocess.Popen(
-            list(prefix) + self._java_command(argv),
+            list(prefix) + [spark_class] + argv,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
