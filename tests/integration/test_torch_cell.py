@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from dlscale_testing import REPO
 
 pytestmark = pytest.mark.integration
 
