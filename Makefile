@@ -36,7 +36,7 @@ lint: envs
 unit: envs
 	$(DRIVER)/python -m pytest tests/unit -q
 
-test: envs fashion-mnist
+test: envs .venv/torch/.installed fashion-mnist
 	tests/slurm/slurm-up.sh
 	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra tests; status=$$?; \
 		tests/slurm/slurm-down.sh; exit $$status
