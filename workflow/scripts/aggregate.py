@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from dlscale.aggregate import Grid, aggregate
+from dlscale.rule_script import run_logged
 
 log = logging.getLogger("dlscale.aggregate")
 
@@ -41,18 +42,5 @@ def _check_declared_outputs(declared, written) -> None:
         )
 
 
-def _log_to(smk) -> None:
-    target = {"filename": smk.log[0]} if len(smk.log) else {}
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
-    )
-    logging.captureWarnings(True)
-
-
 if __name__ == "__main__":
-    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
-    try:
-        main(snakemake)  # noqa: F821
-    except Exception:
-        log.exception("aggregate failed")
-        raise
+    run_logged(main, snakemake, "aggregate")  # noqa: F821 -- injected by Snakemake

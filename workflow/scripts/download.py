@@ -5,12 +5,10 @@ mirrors (list of base URLs, or None for the catalog's), timeout (seconds, option
 output: the four files, all in one folder (resources/<dataset>/raw/). log: one file.
 """
 
-import logging
 from pathlib import Path
 
 from dlscale.datasets import DEFAULT_TIMEOUT_S, fetch_dataset
-
-log = logging.getLogger("dlscale.download")
+from dlscale.rule_script import run_logged
 
 
 def main(smk) -> None:
@@ -29,17 +27,5 @@ def main(smk) -> None:
         raise ValueError(f"outputs not among the files of {smk.params.dataset}: {sorted(map(str, missing))}")
 
 
-def _log_to(smk) -> None:
-    target = {"filename": smk.log[0]} if len(smk.log) else {}
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
-    )
-
-
 if __name__ == "__main__":
-    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
-    try:
-        main(snakemake)  # noqa: F821
-    except Exception:
-        log.exception("download failed")  # the clear message lands in the rule's log too
-        raise
+    run_logged(main, snakemake, "download")  # noqa: F821 -- injected by Snakemake

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from dlscale.partition import partition_subset, partition_test
+from dlscale.rule_script import run_logged
 
 log = logging.getLogger("dlscale.partition")
 
@@ -38,17 +39,5 @@ def main(smk) -> None:
     log.info("wrote %d records in %d files to %s", manifest["records"], manifest["n_files"], out_dir)
 
 
-def _log_to(smk) -> None:
-    target = {"filename": smk.log[0]} if len(smk.log) else {}
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
-    )
-
-
 if __name__ == "__main__":
-    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
-    try:
-        main(snakemake)  # noqa: F821
-    except Exception:
-        log.exception("partition failed")
-        raise
+    run_logged(main, snakemake, "partition")  # noqa: F821 -- injected by Snakemake

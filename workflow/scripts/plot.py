@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dlscale.aggregate import Grid, read_cells_csv
 from dlscale.plots import plot_all
+from dlscale.rule_script import run_logged
 
 log = logging.getLogger("dlscale.plots")
 
@@ -37,18 +38,5 @@ def main(smk) -> None:
         raise RuntimeError(f"the rule declares figures that dlscale.plots does not draw: {', '.join(absent)}")
 
 
-def _log_to(smk) -> None:
-    target = {"filename": smk.log[0]} if len(smk.log) else {}
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True, **target
-    )
-    logging.captureWarnings(True)
-
-
 if __name__ == "__main__":
-    _log_to(snakemake)  # noqa: F821 -- injected by Snakemake
-    try:
-        main(snakemake)  # noqa: F821
-    except Exception:
-        log.exception("plot failed")
-        raise
+    run_logged(main, snakemake, "plot")  # noqa: F821 -- injected by Snakemake
