@@ -371,6 +371,9 @@ def assert_nothing_left(run: CellRun, scratch_removed: bool = True) -> None:
     by_cmdline = [(pid, cmdline(pid)) for pid in proc_table() if scratch in cmdline(pid)]
     assert by_cmdline == [], f"processes still name the cell's scratch {scratch}: {by_cmdline}"
     assert run.listen, "no listening socket of the cell was seen: the port check would prove nothing"
+    # A JVM whose main thread is already a zombie still holds its sockets until its last thread
+    # (shutdown hooks) exits: give the kernel the same bounded time as the processes.
+    wait_until(lambda: not set(run.listen) & set(listen_sockets()), 30)
     still = listen_sockets()
     assert not set(run.listen) & set(still), "sockets of the cell still listen"
     ports = {port for _, port in run.listen.values()}
