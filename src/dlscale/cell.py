@@ -381,10 +381,31 @@ def run_cell(args: argparse.Namespace) -> dict:
         "total": time.time() - t0 - cpu_wait,
     }
     executor_cpus = sorted({cpu for view in result["executors"] for cpu in view["cpus_allowed"]})
-    return {
+    return metrics_record(
+        args, "bigdl", result, started_at, finished_at,
+        hostnames=sorted(set([socket.gethostname()] + [view["host"] for view in result["executors"]])),
+        cpus_allowed=cpus,
+        executor_cpus_allowed=executor_cpus,
+        oversubscribed=len(cpus) < cores_per_node,
+        threads={
+            "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
+            "spark.executor.cores": args.cores,
+            "bigdl_model_replicas": args.cores,  # MklBlas engine: one single-threaded copy per core
+            **jvm_options(cores_per_node),
+        },
+        timings_s=timings,
+        host_load=host_load,
+    )
+
+
+def metrics_record(args: argparse.Namespace, backend: str, result: dict, started_at: datetime.datetime,
+                   finished_at: datetime.datetime, **measured) -> dict:
+    """metrics.json of a cell (workflow/schemas/metrics.schema.yaml): the fields every backend
+    fills alike, plus ``measured``, what the backend saw itself (hosts, CPUs, threads, timings)."""
+    record = {
         "schema_version": SCHEMA_VERSION,
         "dataset": args.dataset,
-        "backend": "bigdl",
+        "backend": backend,
         "scaling": args.scaling,
         "size": args.size,
         "cores": args.cores,
@@ -394,20 +415,8 @@ def run_cell(args: argparse.Namespace) -> dict:
         "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
-        "hostnames": sorted(set([socket.gethostname()] + [view["host"] for view in result["executors"]])),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "cpus_allowed": cpus,
-        "executor_cpus_allowed": executor_cpus,
-        "oversubscribed": len(cpus) < cores_per_node,
-        "threads": {
-            "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
-            "spark.executor.cores": args.cores,
-            "bigdl_model_replicas": args.cores,  # MklBlas engine: one single-threaded copy per core
-            **jvm_options(cores_per_node),
-        },
         "versions": result["versions"],
-        "timings_s": timings,
-        "host_load": host_load,
         "records_per_s": result["records_per_s"],
         "train_records": result["train_records"],
         "final_loss": result["final_loss"],
@@ -416,6 +425,8 @@ def run_cell(args: argparse.Namespace) -> dict:
         "started_at": started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
     }
+    record.update(measured)
+    return record
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -34,7 +34,7 @@ import time
 from typing import List, Optional, Tuple
 
 from dlscale import hoststat
-from dlscale.cell import SCHEMA_VERSION, claimed_cpus, global_batch, parse_args, write_json_atomically
+from dlscale.cell import claimed_cpus, global_batch, metrics_record, parse_args, write_json_atomically
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS
 
 log = logging.getLogger("dlscale.torch_trainer")
@@ -167,36 +167,17 @@ def run_cell(args: argparse.Namespace) -> dict:
         host_load = hoststat.busy_report(host_at_start, hoststat.Snapshot(cpus))
     timings = dict(result["timings_s"], cluster_start=0.0, cluster_stop=0.0, cpu_wait=cpu_wait,
                    total=time.time() - t0 - cpu_wait)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": args.dataset,
-        "backend": "torch",
-        "scaling": args.scaling,
-        "size": args.size,
-        "cores": args.cores,
-        "repetition": args.repetition,
-        "epochs": args.epochs,
-        "batch_size": batch,
-        "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "hostnames": [socket.gethostname()],
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "cpus_allowed": cpus,
-        "executor_cpus_allowed": seen_cpus,
-        "oversubscribed": len(cpus) < args.cores,
-        "threads": result["threads"],
-        "versions": result["versions"],
-        "timings_s": timings,
-        "host_load": host_load,
-        "records_per_s": result["records_per_s"],
-        "train_records": result["train_records"],
-        "final_loss": result["final_loss"],
-        "test_accuracy": result["test_accuracy"],
-        "test_records": result["test_records"],
-        "started_at": started_at.isoformat(),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
+    finished_at = datetime.datetime.now(datetime.timezone.utc)
+    return metrics_record(
+        args, "torch", result, started_at, finished_at,
+        hostnames=[socket.gethostname()],
+        cpus_allowed=cpus,
+        executor_cpus_allowed=seen_cpus,
+        oversubscribed=len(cpus) < args.cores,
+        threads=result["threads"],
+        timings_s=timings,
+        host_load=host_load,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
