@@ -34,7 +34,7 @@ import time
 from typing import Dict, Iterator, List, Optional
 
 from dlscale import hoststat
-from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent
+from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent, node_address
 
 log = logging.getLogger("dlscale.cell")
 
@@ -215,14 +215,41 @@ def show_logs(scratch: str, lines: int = 40) -> None:
     sys.stderr.flush()
 
 
-def slurm_nodes() -> List[str]:
-    """Hostnames of a multi-node Slurm allocation ([] for one node or no Slurm)."""
-    nodelist = os.environ.get("SLURM_JOB_NODELIST")
-    if not nodelist or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) <= 1:
+def allocation_nodes(cores: int, cores_per_node: Optional[int]) -> List[str]:
+    """The nodes a cell spans, this one first: [] when it fits on one node (or runs outside Slurm,
+    where ``cores_per_node`` does not apply: the cell runs on this machine, flagged
+    ``oversubscribed`` if it has too few CPUs). A cell of more cores than one node has needs
+    ``ceil(cores / cores_per_node)`` nodes of its Slurm allocation: fewer is an error, and so is
+    a node list that ``scontrol show hostnames`` cannot expand."""
+    if not cores_per_node or cores <= cores_per_node or not os.environ.get("SLURM_JOB_ID"):
         return []
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
-                         capture_output=True, text=True).stdout
-    return out.split()
+    needed = -(-cores // cores_per_node)
+    job = os.environ["SLURM_JOB_ID"]
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
+    try:
+        count = int(os.environ.get("SLURM_JOB_NUM_NODES", "1"))
+    except ValueError:
+        count = 0
+    if count < needed:
+        raise CellError("this cell needs %d nodes (%d cores, slurm.cores_per_node %d) but its Slurm job %s has %d "
+                        "(SLURM_JOB_NODELIST=%s). Fix: submit it with --nodes=%d (the Slurm profile does), or set "
+                        "slurm.cores_per_node to the CPUs of one node"
+                        % (needed, cores, cores_per_node, job, count, nodelist, needed))
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
+                             text=True, timeout=60)
+        hosts = out.stdout.split()
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = (getattr(error, "stderr", "") or str(error)).strip()
+        raise CellError("cannot read the node list of Slurm job %s: `scontrol show hostnames %s` failed (%s). "
+                        "Fix: run the cell inside its Slurm allocation, with Slurm's commands on PATH"
+                        % (job, nodelist, detail))
+    this = socket.gethostname().split(".")[0]
+    if len(hosts) != count or this not in hosts:
+        raise CellError("cannot make sense of the node list of Slurm job %s: SLURM_JOB_NODELIST=%r expands to %s, "
+                        "expected %d node names including this one (%s). Fix: run the cell inside its own Slurm "
+                        "allocation, unchanged" % (job, nodelist, hosts, count, this))
+    return [this] + [host for host in hosts if host != this][:needed - 1]
 
 
 # --- the cell ----------------------------------------------------------------------------------
@@ -267,7 +294,6 @@ def jvm_options(cores: int) -> Dict[str, str]:
 
 
 def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: str) -> dict:
-    cores_per_node = cluster.cores_per_worker
     result_path = os.path.join(scratch, "trainer-result.json")
     trainer_app = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer.py")
     app_args = [
@@ -284,7 +310,7 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     ]
     conf = {
         # One executor per worker (node) with that node's cores; all of them together.
-        "spark.executor.cores": str(cores_per_node),
+        "spark.executor.cores": str(cluster.cores_per_worker),
         "spark.cores.max": str(args.cores),
         "spark.executor.memory": args.executor_memory,
         "spark.driver.memory": args.driver_memory,
@@ -292,7 +318,7 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
         **jvm_options(cluster.cores_per_worker),
     }
     command = cluster.submit_command(trainer_app, app_args, conf)
-    env = cluster.daemon_env()
+    env = cluster.driver_env()
     if cell_id(args) in os.environ.get(TRAINER_FAULT_VAR, "").split(","):  # tests only
         env["DLSCALE_FAULT"] = "trainer-error"
     log.info("spark-submit %s", " ".join(command[1:]))
@@ -341,17 +367,20 @@ def run_cell(args: argparse.Namespace) -> dict:
     check_injected_fault(args)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
-    nodes = slurm_nodes()
+    nodes = allocation_nodes(args.cores, args.cores_per_node)
     install = SparkInstall.discover()
     cores_per_node = args.cores // max(1, len(nodes))  # one worker per node of the allocation
+    # Loopback for a single-node cell; this node's address (never loopback) across nodes.
+    host = node_address(nodes[0]) if nodes else "127.0.0.1"
     tick = time.time()
     with claimed_cpus(cores_per_node) as cpus, private_scratch() as scratch:
         cpu_wait = time.time() - tick  # queued behind other cells for free CPUs: not the cell's time
         host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
         log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, cores_per_node, scratch)
-        host = socket.gethostname() if nodes else "127.0.0.1"  # loopback unless spanning nodes
+        if nodes:
+            log.info("cell spans nodes %s: master and driver on %s (%s), one worker per node", nodes, nodes[0], host)
         cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
-                                    worker_memory=args.worker_memory, host=host, worker_nodes=nodes)
+                                    worker_memory=args.worker_memory, host=host, remote_nodes=nodes[1:])
         tick = time.time()
         succeeded = False
         try:
@@ -381,15 +410,22 @@ def run_cell(args: argparse.Namespace) -> dict:
         "total": time.time() - t0 - cpu_wait,
     }
     executor_cpus = sorted({cpu for view in result["executors"] for cpu in view["cpus_allowed"]})
+    spark_conf = result["spark_conf"]  # as the driver's SparkContext has them
     return metrics_record(
         args, "bigdl", result, started_at, finished_at,
         hostnames=sorted(set([socket.gethostname()] + [view["host"] for view in result["executors"]])),
+        nodes=nodes or [socket.gethostname()],
+        cores_per_node=cores_per_node,
         cpus_allowed=cpus,
         executor_cpus_allowed=executor_cpus,
+        # What each executor's Python worker saw: its host and CPUs (one entry per distinct view).
+        executors=result["executors"],
+        spark_conf=spark_conf,
         oversubscribed=len(cpus) < cores_per_node,
         threads={
             "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
-            "spark.executor.cores": args.cores,
+            "spark.executor.cores": int(spark_conf["spark.executor.cores"]),
+            "spark.cores.max": int(spark_conf["spark.cores.max"]),
             "bigdl_model_replicas": args.cores,  # MklBlas engine: one single-threaded copy per core
             **jvm_options(cores_per_node),
         },
@@ -447,6 +483,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--executor-memory", default="2g")
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--worker-memory", default="4g")
+    parser.add_argument("--cores-per-node", type=int, default=None,
+                        help="CPUs of one node (slurm.cores_per_node): a cell of more cores spans "
+                             "ceil(cores / cores-per-node) nodes of its Slurm allocation")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop (with teardown) when the process that started the cell dies")
     return parser.parse_args(argv)

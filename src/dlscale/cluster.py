@@ -6,9 +6,16 @@ over when the master's ``/json`` lists every worker ALIVE; ``stop()`` always run
 manager + the caller's signal handling) and kills everything the cluster started, down to
 executors and their Python workers, found by a tag in their environment.
 
+A multi-node cell (a Slurm allocation of several nodes) runs the master, the driver and the first
+worker on the first node, bound to that node's address, and one worker on each other node,
+started with ``srun`` as ``python -m dlscale.node_worker``, which binds it to its own node's
+address and gives it a scratch directory of its own on that node (``dlscale.node_worker``).
+
 Security: ``spark.authenticate`` with a fresh secret per cluster. The secret reaches the daemons
-through the ``_SPARK_AUTH_SECRET`` environment variable (readable only by this user, never on a
-command line) and the driver through a 0600 properties file in the private scratch directory.
+(remote workers too: ``srun`` passes the environment on) through the ``_SPARK_AUTH_SECRET``
+environment variable (readable only by this user, never on a command line) and the driver
+through a 0600 properties file in the private scratch directory (``driver_env`` leaves the
+variable out, so that file is the driver's only source).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,102 @@ def kill_tagged(tag: str, grace_s: float = 5.0) -> List[int]:
     return pids
 
 
+def node_address(hostname: str) -> str:
+    """The IPv4 address other nodes reach ``hostname`` at. A multi-node cell binds every daemon
+    of a node to it: never 0.0.0.0 (all interfaces), never loopback (unreachable from the
+    other nodes, which is what Debian's default ``127.0.1.1 <hostname>`` line gives)."""
+    try:
+        address = socket.gethostbyname(hostname)
+    except OSError as error:
+        raise ClusterError("cannot resolve this node's name %r (%s). Fix: the nodes of a multi-node "
+                           "cell must resolve each other's names (DNS or /etc/hosts)" % (hostname, error))
+    if address.startswith("127.") or address == "0.0.0.0":
+        raise ClusterError("this node's name %r resolves to %s, which the other nodes of the cell cannot "
+                           "reach. Fix: make %s resolve to the node's network address (DNS or /etc/hosts)"
+                           % (hostname, address, hostname))
+    return address
+
+
+LOG4J_PROPERTIES = (
+    "log4j.rootCategory=WARN, console\n"
+    "log4j.appender.console=org.apache.log4j.ConsoleAppender\n"
+    "log4j.appender.console.target=System.err\n"
+    "log4j.appender.console.layout=org.apache.log4j.PatternLayout\n"
+    "log4j.appender.console.layout.ConversionPattern=%d{HH:mm:ss} %p %c{1}: %m%n\n"
+    # the optimizer's per-iteration progress is the training log worth keeping
+    "log4j.logger.com.intel.analytics.bigdl.dllib.optim=INFO\n"
+)
+
+
+def write_private_files(scratch: str) -> None:
+    """The daemons' private folders (0700) in ``scratch`` and their log4j configuration."""
+    for sub in ("conf", "local", "work", "logs"):
+        os.makedirs(os.path.join(scratch, sub), mode=0o700, exist_ok=True)
+    with open(os.path.join(scratch, "conf", "log4j.properties"), "w") as handle:
+        handle.write(LOG4J_PROPERTIES)
+
+
+# Java options of the master and worker daemons (``bin/spark-class`` reads them for both):
+# spark.port.maxRetries=0: a taken port fails fast, and start() retries with new ports, instead of
+# Spark silently moving to port+1 where /json would not be polled.
+# spark.ui.killEnabled=false: the master and worker web UIs (needed for /json) are reachable by
+# other users of the node; they must not be able to kill our apps. No REST submission server.
+DAEMON_OPTS = ("-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
+               " -Dspark.ui.killEnabled=false -Dspark.master.rest.enabled=false")
+
+
+def daemon_env(install: "SparkInstall", scratch: str, bind_address: str, tag: str, secret: str) -> Dict[str, str]:
+    """The environment of one node's Spark daemons (and of the executors a worker starts, which
+    inherit it): private conf and scratch folders, bound to ``bind_address``, tagged."""
+    env = dict(os.environ)
+    env.update(
+        JAVA_HOME=install.java_home,
+        SPARK_HOME=install.spark_home,
+        SPARK_CONF_DIR=os.path.join(scratch, "conf"),  # private: no stray spark-defaults.conf from the user
+        SPARK_LOCAL_IP=bind_address,  # the RPC endpoints and the web UIs (Spark's default: all interfaces)
+        SPARK_LOCAL_DIRS=os.path.join(scratch, "local"),
+        SPARK_WORKER_DIR=os.path.join(scratch, "work"),
+        PYSPARK_PYTHON=install.python,
+        PYSPARK_DRIVER_PYTHON=install.python,
+        _SPARK_AUTH_SECRET=secret,
+        # BigDL's MklBlas engine runs one single-threaded model copy per core.
+        OMP_NUM_THREADS="1",
+        KMP_BLOCKTIME="0",
+        SPARK_MASTER_OPTS=DAEMON_OPTS,
+        SPARK_WORKER_OPTS=DAEMON_OPTS,
+        SPARK_DAEMON_MEMORY=DAEMON_MEMORY,
+        # spark-class's launcher JVM only prints the daemon's java command: keep it lean too.
+        SPARK_DAEMON_JAVA_OPTS=LEAN_JVM_OPTS,
+        SPARK_LAUNCHER_OPTS=LEAN_JVM_OPTS,
+    )
+    env[CLUSTER_TAG_VAR] = tag
+    return env
+
+
+def worker_argv(cores: int, memory: str, host: str, master_url: str) -> List[str]:
+    """``bin/spark-class`` arguments of a worker bound to ``host`` (its node's name or address)."""
+    return ["org.apache.spark.deploy.worker.Worker", "--cores", str(cores), "--memory", memory,
+            "--host", host, "--webui-port", "0", master_url]
+
+
+def spark_class(install: "SparkInstall", argv: List[str]) -> List[str]:
+    """pyspark's own ``bin/spark-class`` running ``argv`` (a Master or a Worker)."""
+    return [os.path.join(install.spark_home, "bin", "spark-class")] + argv
+
+
+def spawn_daemon(command: List[str], env: Dict[str, str], log_path: Optional[str]) -> subprocess.Popen:
+    """Start ``command`` in the foreground, in a session of its own (a signal to the caller's group
+    is handled by the caller, not by it), dying with its parent (a SIGKILLed cell does not leave
+    it running). Output to ``log_path`` (None: the caller's)."""
+    out = open(log_path, "ab") if log_path else None
+    try:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True, preexec_fn=die_with_parent)
+    finally:
+        if out:
+            out.close()
+
+
 @dataclass
 class SparkInstall:
     """Where the trainer environment keeps Spark, Java and BigDL."""
@@ -150,10 +253,11 @@ print(json.dumps({"spark_home": os.path.dirname(pyspark.__file__), "java_home": 
 
 @dataclass
 class StandaloneCluster:
-    """One master and one worker per node, all confined to the CPUs this process may use.
+    """One master and one worker per node, each node's daemons confined to the CPUs it may use.
 
-    ``worker_nodes`` empty means one worker on this host; otherwise each worker is started with
-    ``srun`` on its node (multi-node Slurm allocations).
+    The master and the first worker run here, bound to ``host`` (loopback for a single-node
+    cell, this node's address for a multi-node one). ``remote_nodes`` get one worker each,
+    started with ``srun`` on that node as ``python -m dlscale.node_worker``.
     """
 
     install: SparkInstall
@@ -161,7 +265,7 @@ class StandaloneCluster:
     cores_per_worker: int
     worker_memory: str = "4g"
     host: str = "127.0.0.1"
-    worker_nodes: Sequence[str] = ()
+    remote_nodes: Sequence[str] = ()
     start_timeout_s: float = 90.0
     tag: str = field(default_factory=lambda: secrets.token_hex(8))
     secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
@@ -172,22 +276,14 @@ class StandaloneCluster:
 
     # --- environment and files -------------------------------------------------------------
     def daemon_env(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            JAVA_HOME=self.install.java_home,
-            SPARK_HOME=self.install.spark_home,
-            SPARK_CONF_DIR=self.conf_dir,  # private: no stray spark-defaults.conf from the user
-            SPARK_LOCAL_IP=self.host,
-            SPARK_LOCAL_DIRS=os.path.join(self.scratch, "local"),
-            SPARK_WORKER_DIR=os.path.join(self.scratch, "work"),
-            PYSPARK_PYTHON=self.install.python,
-            PYSPARK_DRIVER_PYTHON=self.install.python,
-            _SPARK_AUTH_SECRET=self.secret,
-            # BigDL's MklBlas engine runs one single-threaded model copy per core.
-            OMP_NUM_THREADS="1",
-            KMP_BLOCKTIME="0",
-        )
-        env[CLUSTER_TAG_VAR] = self.tag
+        """The environment of the daemons on this node (it carries the secret)."""
+        return daemon_env(self.install, self.scratch, self.host, self.tag, self.secret)
+
+    def driver_env(self) -> Dict[str, str]:
+        """The environment of ``spark-submit`` and the driver: the daemons' one without the secret,
+        which the driver reads from its 0600 properties file (``driver_properties``)."""
+        env = self.daemon_env()
+        del env["_SPARK_AUTH_SECRET"]
         return env
 
     @property
@@ -198,54 +294,17 @@ class StandaloneCluster:
     def secret_file(self) -> str:
         return os.path.join(self.scratch, "conf", "driver.conf")
 
-    def _write_private_files(self) -> None:
-        for sub in ("conf", "local", "work", "logs"):
-            os.makedirs(os.path.join(self.scratch, sub), mode=0o700, exist_ok=True)
-        log4j = os.path.join(self.conf_dir, "log4j.properties")
-        with open(log4j, "w") as handle:
-            handle.write(
-                "log4j.rootCategory=WARN, console\n"
-                "log4j.appender.console=org.apache.log4j.ConsoleAppender\n"
-                "log4j.appender.console.target=System.err\n"
-                "log4j.appender.console.layout=org.apache.log4j.PatternLayout\n"
-                "log4j.appender.console.layout.ConversionPattern=%d{HH:mm:ss} %p %c{1}: %m%n\n"
-                # the optimizer's per-iteration progress is the training log worth keeping
-                "log4j.logger.com.intel.analytics.bigdl.dllib.optim=INFO\n"
-            )
-
     # --- daemons ---------------------------------------------------------------------------
-    def _daemon_opts(self) -> str:
-        # spark.port.maxRetries=0: a taken port fails fast, and start() retries with new ports,
-        # instead of Spark silently moving to port+1 where /json would not be polled.
-        # spark.ui.killEnabled=false: the master and worker web UIs (on loopback, needed for /json)
-        # are reachable by other users of the node; they must not be able to kill our apps.
-        return ("-Dspark.authenticate=true -Dspark.port.maxRetries=0 -Dspark.ui.showConsoleProgress=false"
-                " -Dspark.ui.killEnabled=false -Dspark.master.rest.enabled=false")
-
-    def _spawn(self, name: str, argv: List[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
-        env = self.daemon_env()
-        # pyspark's own bin/spark-class: it reads these for a Master or Worker.
-        env["SPARK_MASTER_OPTS"] = env["SPARK_WORKER_OPTS"] = self._daemon_opts()
-        env["SPARK_DAEMON_MEMORY"] = DAEMON_MEMORY
-        env["SPARK_DAEMON_JAVA_OPTS"] = env["SPARK_LAUNCHER_OPTS"] = LEAN_JVM_OPTS
-        out = open(os.path.join(self.scratch, "logs", name + ".log"), "ab")
-        spark_class = os.path.join(self.install.spark_home, "bin", "spark-class")
-        proc = subprocess.Popen(
-            list(prefix) + [spark_class] + argv,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a signal to the cell's group is handled by us, not them
-            preexec_fn=die_with_parent,  # and a SIGKILLed cell does not leave them running
-        )
-        out.close()
+    def _spawn(self, name: str, command: List[str]) -> subprocess.Popen:
+        proc = spawn_daemon(command, self.daemon_env(),
+                            os.path.join(self.scratch, "logs", name.replace(" ", "-") + ".log"))
         self._procs.append(proc)
         self._names[proc.pid] = name
-        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(command))
         return proc
 
     def start(self, attempts: int = 3) -> "StandaloneCluster":
-        self._write_private_files()
+        write_private_files(self.scratch)
         last_error: Optional[Exception] = None
         for attempt in range(1, attempts + 1):
             try:
@@ -260,29 +319,28 @@ class StandaloneCluster:
     def _start_once(self) -> None:
         port, web_port = free_port(self.host), free_port(self.host)
         self.web_url = "http://%s:%d" % (self.host, web_port)
-        master = self._spawn(
-            "master",
-            ["org.apache.spark.deploy.master.Master", "--host", self.host, "--port", str(port),
-             "--webui-port", str(web_port)],
-        )
+        self._spawn("master", spark_class(self.install, [
+            "org.apache.spark.deploy.master.Master", "--host", self.host, "--port", str(port),
+            "--webui-port", str(web_port)]))
         self.master_url = "spark://%s:%d" % (self.host, port)
-        # The worker can register as soon as the master's RPC port listens (before its web UI).
-        self._wait_for(lambda status: True, master, "the master's RPC port",
-                       probe=lambda: self._listening(self.host, port))
-        nodes = list(self.worker_nodes) or [None]
-        for index, node in enumerate(nodes):
-            prefix: List[str] = []
-            if node is not None:  # one foreground worker on each node of the allocation
-                prefix = ["srun", "--nodes=1", "--ntasks=1", "--nodelist=" + node,
-                          "--cpus-per-task=%d" % self.cores_per_worker, "--kill-on-bad-exit=1"]
-            self._spawn(
-                "worker-%d" % index,
-                ["org.apache.spark.deploy.worker.Worker", "--cores", str(self.cores_per_worker),
-                 "--memory", self.worker_memory, "--webui-port", "0", self.master_url],
-                prefix,
-            )
-        self._wait_for(lambda status: self.alive_workers(status) >= len(nodes), master,
-                       "%d worker(s) to register" % len(nodes))
+        # A worker can register as soon as the master's RPC port listens (before its web UI).
+        self._wait_until(lambda: port_listens(self.host, port), "the master's RPC port")
+        self._spawn("worker on %s" % socket.gethostname(), spark_class(
+            self.install, worker_argv(self.cores_per_worker, self.worker_memory, self.host, self.master_url)))
+        for node in self.remote_nodes:
+            self._spawn("worker on %s" % node, self._remote_worker_command(node))
+        expected = 1 + len(self.remote_nodes)
+        self._wait_until(lambda: self.alive_workers(self.master_status() or {}) >= expected,
+                         "%d worker(s) to register" % expected)
+
+    def _remote_worker_command(self, node: str) -> List[str]:
+        """``srun`` of one task on ``node`` with a worker's CPUs, running dlscale.node_worker (which
+        binds the worker to that node's address and gives it a scratch there). ``--export=ALL``:
+        the secret and the tag reach it through the environment, not the command line."""
+        return ["srun", "--nodes=1", "--ntasks=1", "--nodelist=" + node, "--export=ALL",
+                "--cpus-per-task=%d" % self.cores_per_worker, "--kill-on-bad-exit=1",
+                self.install.python, "-m", "dlscale.node_worker", "--cores", str(self.cores_per_worker),
+                "--memory", self.worker_memory, "--master", self.master_url]
 
     def master_status(self) -> Optional[dict]:
         try:
@@ -295,35 +353,24 @@ class StandaloneCluster:
     def alive_workers(status: dict) -> int:
         return sum(1 for worker in status.get("workers", []) if worker.get("state") == "ALIVE")
 
-    @staticmethod
-    def _listening(host: str, port: int) -> Optional[dict]:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return {}
-        except OSError:
-            return None
-
-    def _wait_for(self, ready, master: subprocess.Popen, what: str, probe=None) -> None:
+    def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.time() + self.start_timeout_s
         while time.time() < deadline:
-            for proc in self._procs:
-                if proc.poll() is not None:
-                    raise ClusterError("a Spark daemon exited (code %s) while waiting for %s; see %s"
-                                       % (proc.returncode, what, os.path.join(self.scratch, "logs")))
-            status = (probe or self.master_status)()
-            if status is not None and ready(status):
+            self.check_alive("while waiting for %s" % what)
+            if ready():
                 return
             time.sleep(0.05)  # polling is cheap; a 0.2 s period cost up to 0.2 s per wait
         raise ClusterError("timed out after %.0f s waiting for %s" % (self.start_timeout_s, what))
 
-    def check_alive(self) -> None:
-        """Raise if a daemon died (e.g. a worker JVM killed mid-training)."""
+    def check_alive(self, when: str = "while the trainer ran") -> None:
+        """Raise, naming the daemon and its node, if one died (e.g. a worker JVM killed
+        mid-training, or a remote node's worker whose srun step ended)."""
         for proc in self._procs:
             if proc.poll() is not None:
                 code = proc.returncode
                 how = "killed by %s" % signal.Signals(-code).name if code < 0 else "exit code %d" % code
-                raise ClusterError("the Spark %s (pid %d) died (%s) while the trainer ran"
-                                   % (self._names.get(proc.pid, "daemon"), proc.pid, how))
+                raise ClusterError("the Spark %s (pid %d) died (%s) %s; its log is below"
+                                   % (self._names.get(proc.pid, "daemon"), proc.pid, how, when))
 
     # --- driver ----------------------------------------------------------------------------
     def driver_properties(self, extra: Dict[str, str]) -> str:
@@ -342,7 +389,8 @@ class StandaloneCluster:
             "spark.ui.showConsoleProgress": "false",
             "spark.executorEnv.OMP_NUM_THREADS": "1",
             "spark.executorEnv.KMP_BLOCKTIME": "0",
-            "spark.executorEnv." + CLUSTER_TAG_VAR: self.tag,
+            # No executorEnv tag: executors inherit the tag of the worker that starts them, so each
+            # node's teardown finds its own executors.
         }
         props.update(extra)
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -357,19 +405,24 @@ class StandaloneCluster:
         return [spark_submit, "--properties-file", props, app] + app_args
 
     # --- teardown --------------------------------------------------------------------------
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Stop workers, then the master, then anything else that still carries our tag."""
+    def stop(self, grace_s: float = 5.0, remote_grace_s: float = 30.0) -> None:
+        """Stop the workers, then the master, then anything else that still carries our tag here.
+        A remote worker's srun forwards the SIGTERM to dlscale.node_worker, which stops that
+        node's daemons and removes its scratch: it gets ``remote_grace_s`` for that."""
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.time() + grace_s
+        start = time.time()
         for proc in self._procs:
+            remote = self._names.get(proc.pid, "").split(" on ")[-1] in self.remote_nodes
+            deadline = start + (remote_grace_s if remote else grace_s)
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
+                log.warning("the Spark %s did not stop in time: SIGKILL", self._names.get(proc.pid))
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._procs.clear()
@@ -382,3 +435,11 @@ class StandaloneCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def port_listens(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

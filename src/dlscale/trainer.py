@@ -100,8 +100,10 @@ def load_samples(spark, parquet_dir: str, partitions: int):
     return samples, count
 
 
-def executor_view(sc, partitions: int) -> List[Dict[str, Any]]:
-    """What the Python workers on the executors could use: CPUs, thread settings, host."""
+def executor_view(sc, cores: int) -> List[Dict[str, Any]]:
+    """What the Python workers on the executors could use: host, CPUs, thread settings (one entry
+    per distinct view). Four tasks per core, so that every executor (one per node) runs some."""
+    partitions = 4 * cores
 
     def probe(_):
         import os as _os

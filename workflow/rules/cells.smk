@@ -26,6 +26,7 @@ rule train_cell:
         python=trainer_python(),
         training=config["training"],
         spark=config["spark"],
+        cores_per_node=config["slurm"]["cores_per_node"],
         train_dir=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
         test_dir=lambda wc: paths.test_dir(wc.dataset),
     shell:
@@ -43,6 +44,7 @@ rule train_cell:
         " --executor-memory {params.spark[executor_memory]}"
         " --driver-memory {params.spark[driver_memory]}"
         " --worker-memory {params.spark[worker_memory]}"
+        " --cores-per-node {params.cores_per_node}"
         " > {log} 2>&1"
 
 
