@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dlscale import hoststat
 
 STAT_T0 = "cpu  1 1 1 1 1 1 1 1 0 0\ncpu0 100 0 50 1000 10 5 5 0 0 0\ncpu1 200 0 0 500 0 0 0 0 0 0\n"
@@ -21,6 +23,54 @@ def test_busy_share_of_the_cells_cpus(monkeypatch):
     assert report == {"cpus_busy_share": 0.6, "load_avg": [1.5, 2.25]}  # 60 ticks of 100 in 1 s
 
 
+def _proc_stat_busy(cpu: int) -> int:
+    """Busy ticks of ``cpu`` read straight from /proc/stat (user nice system irq softirq steal)."""
+    with open("/proc/stat") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[0] == f"cpu{cpu}":
+                values = [int(v) for v in fields[1:]]
+                return sum(values[i] for i in (0, 1, 2, 5, 6, 7))
+    raise AssertionError(f"cpu{cpu} not in /proc/stat")
+
+
+def _proc_loadavg() -> float:
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+
+
 def test_a_live_snapshot_reads_this_machine():
-    snap = hoststat.Snapshot([0])
-    assert snap.ticks.get(0, 0) >= 0 and snap.load >= 0
+    """The live numbers are this machine's: each CPU's busy ticks lie between two reads of
+    /proc/stat made around the snapshot (ticks only grow, and the whole-machine ``cpu`` line or
+    another CPU's line would fall outside), and the load is the 1-minute figure of /proc/loadavg
+    read just before or just after (it changes at most once between the two reads)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    before = {cpu: _proc_stat_busy(cpu) for cpu in cpus}
+    load_before = _proc_loadavg()
+    snap = hoststat.Snapshot(cpus)
+    load_after = _proc_loadavg()
+    after = {cpu: _proc_stat_busy(cpu) for cpu in cpus}
+    assert sorted(snap.ticks) == cpus
+    for cpu in cpus:
+        assert before[cpu] <= snap.ticks[cpu] <= after[cpu], (cpu, before[cpu], snap.ticks[cpu], after[cpu])
+    assert round(snap.load, 2) in {load_before, load_after}, (load_before, snap.load, load_after)
+
+
+def test_busy_ticks_of_a_cpu_grow_while_this_process_spins_on_it():
+    """Positive control of the live reading: confined to one CPU, spinning until /proc/stat says
+    that CPU's busy count moved, the snapshots taken around the spin see it move too."""
+    cpu = min(os.sched_getaffinity(0))
+    usable = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        start = hoststat.Snapshot([cpu])
+        target = _proc_stat_busy(cpu)
+        spins = 0
+        while _proc_stat_busy(cpu) <= target:  # the event is the counter moving, not a duration
+            spins += 1
+        end = hoststat.Snapshot([cpu])
+    finally:
+        os.sched_setaffinity(0, usable)
+    assert end.ticks[cpu] > start.ticks[cpu], (start.ticks, end.ticks, spins)
+    report = hoststat.busy_report(start, end)
+    assert 0 < report["cpus_busy_share"] <= 1.0, report
