@@ -30,15 +30,20 @@ from dlscale.aggregate import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# the published tables as handed to the project; the repository's copy when run elsewhere
-REFERENCE_DIR = next(
-    (
-        d
-        for d in (REPO_ROOT.parent / "shared" / "reference", REPO_ROOT / "workflow" / "resources" / "published")
-        if (d / "seed_speedup.csv").is_file()
-    ),
-    REPO_ROOT.parent / "shared" / "reference",
-)
+# the published tables, part of the repository (workflow/resources/published)
+REFERENCE_DIR = REPO_ROOT / "workflow" / "resources" / "published"
+
+
+def published_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The repository's published runtime and speed-up tables; a missing one fails the test."""
+    missing = [name for name in ("seed_runtime_seconds.csv", "seed_speedup.csv") if not (REFERENCE_DIR / name).is_file()]
+    if missing:
+        pytest.fail(f"the published tables {missing} are missing from {REFERENCE_DIR}: they are part of the "
+                    "repository (restore them with git checkout)", pytrace=False)
+    loaded = load_reference(REFERENCE_DIR)
+    assert loaded is not None, f"load_reference({REFERENCE_DIR}) found no tables"
+    return loaded
+
 
 DATASET = "fashion-mnist"
 OVERHEAD_S = 3.0  # total = train + this, so the two phases give different tables
@@ -262,10 +267,7 @@ def test_runtime_table_refuses_mixed_groups(tmp_path: Path) -> None:
 
 @pytest.fixture
 def reference() -> tuple[pd.DataFrame, pd.DataFrame]:
-    loaded = load_reference(REFERENCE_DIR)
-    if loaded is None:
-        pytest.skip(f"published tables not found in {REFERENCE_DIR}")
-    return loaded
+    return published_tables()
 
 
 def test_reproduces_published_speedup_table(reference) -> None:

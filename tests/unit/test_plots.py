@@ -12,7 +12,7 @@ import pytest
 from dlscale import paths
 from dlscale.aggregate import Grid, load_metrics
 from dlscale.plots import PUBLISHED_LABEL, figure_published_vs_ours, figure_speedup, plot_all
-from test_aggregate import DATASET, GRID, REFERENCE_DIR, write_grid
+from test_aggregate import DATASET, GRID, REFERENCE_DIR, published_tables, write_grid
 
 
 def _texts(fig) -> str:
@@ -35,8 +35,7 @@ def cells(tmp_path: Path) -> pd.DataFrame:
 
 
 def test_plot_all_writes_every_figure_with_reference(tmp_path: Path, cells: pd.DataFrame) -> None:
-    if not (REFERENCE_DIR / "seed_speedup.csv").is_file():
-        pytest.skip(f"published tables not found in {REFERENCE_DIR}")
+    published_tables()  # fails when the repository's published tables are missing
     out = tmp_path / paths.figures_dir(DATASET)
     written = plot_all(cells, out, DATASET, grid=GRID, reference_dir=REFERENCE_DIR)
     assert [p.name for p in written] == [f"{name}.png" for name in paths.FIGURES]
@@ -45,8 +44,7 @@ def test_plot_all_writes_every_figure_with_reference(tmp_path: Path, cells: pd.D
 
 
 def test_published_vs_ours_labels_both_sources(cells: pd.DataFrame) -> None:
-    if not (REFERENCE_DIR / "seed_speedup.csv").is_file():
-        pytest.skip(f"published tables not found in {REFERENCE_DIR}")
+    published_tables()  # fails when the repository's published tables are missing
     fig = figure_published_vs_ours(cells, DATASET, REFERENCE_DIR, GRID)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert PUBLISHED_LABEL in labels
