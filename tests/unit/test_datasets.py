@@ -6,7 +6,8 @@ import gzip
 import hashlib
 import os
 import shutil
-import time
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,18 @@ from dlscale.datasets import (
     verify_file,
 )
 from dlscale.idx import load_split
+from dlscale_testing import FASHION_MNIST
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_MNIST = FASHION_MNIST
+
+
+def require_fashion_mnist() -> None:
+    """`make test` installs Debian's Fashion-MNIST: without it, fail and say how to install it."""
+    missing = [name for name in RAW_FILE_NAMES if not (DEBIAN_FASHION_MNIST / name).is_file()]
+    if missing:
+        pytest.fail(f"Fashion-MNIST is not installed ({', '.join(missing)} missing in {DEBIAN_FASHION_MNIST}): "
+                    "run `make fashion-mnist` (Debian's dataset-fashion-mnist package; `make test` does it)",
+                    pytrace=False)
 HEX = set("0123456789abcdef")
 
 
@@ -167,20 +178,69 @@ def test_falls_back_to_second_mirror_when_first_serves_bad_files(tmp_path, tiny_
     assert _leftovers(dest) == []
 
 
-def test_network_failures_fall_through_to_a_good_mirror(tmp_path, tiny_dataset, local_mirrors, refused_url, silent_url):
+class SilentMirror:
+    """A server on 127.0.0.1 that accepts every connection, reads nothing, answers nothing and
+    counts the connections it got: each client that uses it can only give up by its timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/data/"
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)  # held open, never answered
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.thread.join(10)
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_mirror():
+    """Requested before ``refused_url``, so the refused port cannot be the silent one's."""
+    mirror = SilentMirror()
+    try:
+        yield mirror
+    finally:
+        mirror.close()
+
+
+def test_network_failures_fall_through_to_a_good_mirror(
+    tmp_path, tiny_dataset, local_mirrors, silent_mirror, refused_url, caplog
+):
+    """Refused, 404 and a server that never answers: each file tries each mirror once, in order,
+    the silent one ending on its timeout (no retry, no wait for ever), and the good one serves it."""
     dataset, good = tiny_dataset
     good_url = _serve(local_mirrors, "good", good)
     missing_url = local_mirrors.url("nothing-here")  # HTTP 404
-    started = time.monotonic()
-    fetch_dataset(
-        dataset.name,
-        tmp_path / "raw",
-        mirrors=[refused_url, missing_url, silent_url, good_url],
-        catalog={dataset.name: dataset},
-        timeout=0.3,
-    )
-    assert time.monotonic() - started < 10  # the silent mirror costs one timeout per file, no more
+    silent = silent_mirror
+    mirrors = [refused_url, missing_url, silent.url, good_url]
+    with caplog.at_level("INFO", logger="dlscale.datasets"):
+        fetch_dataset(dataset.name, tmp_path / "raw", mirrors=mirrors, catalog={dataset.name: dataset}, timeout=0.3)
     assert load_split(tmp_path / "raw", "test")[1].shape == (20,)
+    messages = [record.getMessage() for record in caplog.records]
+    for entry in dataset.files:
+        tried = [m.split()[-1] for m in messages if m.startswith("downloading ") and m.endswith("/" + entry.name)]
+        assert tried == [base + entry.name for base in mirrors], tried
+    # the silent mirror got one connection per file, and each ended by the timeout
+    assert len(silent.accepted) == len(dataset.files)
+    timed_out = [m for m in messages if m.startswith(f"mirror failed for {silent.url}") and "timed out" in m]
+    assert len(timed_out) == len(dataset.files), messages
 
 
 def test_every_mirror_bad_gives_one_clear_error(tmp_path, tiny_dataset, local_mirrors, refused_url):
@@ -220,14 +280,12 @@ def test_kept_files_need_no_network(tmp_path, tiny_dataset, refused_url):
     assert all(p.exists() for p in paths)
 
 
-@pytest.mark.skipif(
-    not DEBIAN_FASHION_MNIST.is_dir(), reason=f"{DEBIAN_FASHION_MNIST} absent (Debian package fashion-mnist)"
-)
 def test_download_script_with_real_fashion_mnist(tmp_path, run_script):
     """download.py maps params.dataset / offline_dir / mirrors and writes the four outputs.
 
     Debian's re-gzipped files pass on their content digests; MNIST's .gz digests would refuse them.
     """
+    require_fashion_mnist()
     raw = tmp_path / "resources" / "fashion-mnist" / "raw"
     outputs = [raw / name for name in RAW_FILE_NAMES]
     done = run_script(

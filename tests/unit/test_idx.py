@@ -10,8 +10,9 @@ import pytest
 
 from dlscale.datasets import CATALOG, content_sha256_of_file
 from dlscale.idx import IdxFormatError, load_split, read_images, read_labels, split_file_names
+from dlscale_testing import FASHION_MNIST
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_MNIST = FASHION_MNIST
 
 
 def test_round_trip_gzip_and_plain(tmp_path, idx_factory):
@@ -145,10 +146,10 @@ def test_unknown_split(tmp_path):
         load_split(tmp_path, "validation")
 
 
-@pytest.mark.skipif(
-    not DEBIAN_FASHION_MNIST.is_dir(), reason=f"{DEBIAN_FASHION_MNIST} absent (Debian package fashion-mnist)"
-)
 def test_real_debian_fashion_mnist():
+    if not all((DEBIAN_FASHION_MNIST / entry.name).is_file() for entry in CATALOG["fashion-mnist"].files):
+        pytest.fail(f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST}: run `make fashion-mnist` "
+                    "(Debian's dataset-fashion-mnist package; `make test` does it)", pytrace=False)
     train_images, train_labels = load_split(DEBIAN_FASHION_MNIST, "train")
     test_images, test_labels = load_split(DEBIAN_FASHION_MNIST, "test")
     assert train_images.shape == (60000, 28, 28) and train_labels.shape == (60000,)
