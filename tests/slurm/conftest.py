@@ -32,3 +32,31 @@ def cluster() -> str:
     if state.rstrip("*~#$@+").startswith(("down", "drain", "fail")):
         skip_or_fail(f"Slurm node {node} is {state}")
     return node
+
+
+@pytest.fixture(scope="session")
+def multi_cluster() -> list[str]:
+    """The node names of the multi-node cluster (tests/slurm/multinode-up.sh), once `sinfo`
+    with its SLURM_CONF lists them all and none is down, drained or failed."""
+    from slurm_helpers import MULTI_CONF, multi_env
+
+    if shutil.which("sinfo") is None:
+        skip_or_fail("no Slurm client (sinfo) on PATH: run tests/slurm/multinode-up.sh")
+    if not MULTI_CONF.is_file():
+        skip_or_fail(f"no multi-node cluster config {MULTI_CONF}: run tests/slurm/multinode-up.sh")
+    try:
+        res = run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=20, env=multi_env())
+    except subprocess.TimeoutExpired:
+        skip_or_fail("sinfo timed out: the multi-node cluster's slurmctld is not reachable")
+    if res.returncode != 0 or not res.stdout.strip():
+        skip_or_fail(
+            "sinfo cannot reach the multi-node cluster (run tests/slurm/multinode-up.sh): "
+            + (res.stderr.strip() or res.stdout.strip())
+        )
+    nodes = []
+    for line in res.stdout.splitlines():
+        node, state = line.split()[:2]
+        if state.rstrip("*~#$@+").startswith(("down", "drain", "fail")):
+            skip_or_fail(f"multi-node cluster: node {node} is {state}")
+        nodes.append(node)
+    return sorted(nodes, key=lambda n: int(n.rsplit("n", 1)[1]) if n.rsplit("n", 1)[1].isdigit() else 0)

@@ -62,3 +62,57 @@ def login_node_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
     env.update(extra)
     return env
+
+
+# --- The multi-node cluster of tests/slurm/multinode-up.sh (cluster dlscale-multi) ---------------
+MULTI_STATE = Path(os.environ.get("DLSCALE_MULTI_DIR", "/var/tmp/dlscale-slurm-multi"))
+MULTI_CONF = MULTI_STATE / "etc" / "slurm.conf"
+MULTI_BRIDGE_ADDR = "198.18.0.1"
+
+
+def multi_env(**extra: str) -> dict:
+    """A login-node environment (no SLURM_* job variables) whose Slurm commands talk to the
+    multi-node cluster: SLURM_CONF is its config. Jobs submitted with it inherit SLURM_CONF, so
+    `srun` inside them reaches the same cluster."""
+    return login_node_env(SLURM_CONF=str(MULTI_CONF), **extra)
+
+
+def multi_node_names(count: int) -> list[str]:
+    """dlscale-n1 .. dlscale-n<count>, the names multinode-up.sh gives the nodes."""
+    return [f"dlscale-n{i}" for i in range(1, count + 1)]
+
+
+def node_address(node: str) -> str:
+    """The node's IPv4 address (198.18.0.(10+i) for dlscale-n<i>)."""
+    return f"198.18.0.{10 + int(node.rsplit('n', 1)[1])}"
+
+
+def node_tmpdir(node: str) -> Path:
+    """The node-local scratch its TaskProlog exports to every task as SLURM_TMPDIR."""
+    return MULTI_STATE / "nodes" / node / "tmp"
+
+
+def node_netns(node: str) -> int:
+    """Inode of the node's network namespace (/run/netns/<node>); FileNotFoundError if none."""
+    return os.stat(f"/run/netns/{node}").st_ino
+
+
+def processes_on_node(node: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every process in the node's network namespace, sorted by pid:
+    its slurmd, job steps and whatever they started (JVMs...). Processes that exit meanwhile,
+    zombies and those whose namespace cannot be read are left out."""
+    ino = node_netns(node)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino != ino:
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmdline:  # zombies and kernel threads have none
+            found.append((int(entry.name), cmdline))
+    return sorted(found)
