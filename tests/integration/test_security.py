@@ -7,9 +7,14 @@ command line (`ps`). The cluster runs with `spark.authenticate` and a fresh secr
 - a client without the secret, or with a wrong one, is refused (SASL) and the master never
   registers its application; a worker without the secret never joins the cluster;
 - a client with the secret runs (the check above can fail), and while it runs the secret is on
-  no command line and in no file of the scratch but the 0600 properties file;
+  no command line and in no file of the scratch but the 0600 properties file; the driver (the
+  spark-submit JVM and the application's Python) has it in no environment variable: the
+  properties file is its only source (the daemons' environment has it: the positive control);
 - every socket of the cluster and of the application listens on 127.0.0.1 only; the driver's
-  web UI is off; the master's web UI (needed for /json) does not let anyone kill applications.
+  web UI is off; the master's web UI (needed for /json) does not let anyone kill applications,
+  and the master runs no REST submission server (it listens on its RPC and web UI ports only).
+  Positive control: a master with spark.ui.killEnabled=true and spark.master.rest.enabled=true
+  is killed by the same request, and listens on one more port.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from dlscale.cell import private_scratch
-from dlscale.cluster import SparkInstall, StandaloneCluster, tagged_pids
+from dlscale.cluster import SparkInstall, StandaloneCluster, free_port, tagged_pids
 
 pytestmark = pytest.mark.integration
 
@@ -175,11 +180,80 @@ def test_clients_and_workers_without_the_secret_are_refused(cluster, app, tmp_pa
     assert StandaloneCluster.alive_workers(status) == 1 and len(status["workers"]) == 1, status["workers"]
 
 
-def test_client_with_the_secret_runs_and_nothing_exposes_the_cluster(cluster, app, tmp_path):
-    release = tmp_path / "release"
+def session_pids(session: int) -> list[int]:
+    """Pids of the processes of session ``session`` (a Client's command and its children)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def environ_has(pid: int, needle: str) -> bool:
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        return needle.encode() in handle.read()
+
+
+def environs(pids) -> dict[int, bytes]:
+    """pid -> its environment, for those of ``pids`` still running (short-lived helpers end)."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                found[pid] = handle.read()
+        except OSError:
+            continue
+    return found
+
+
+def pids_running(pattern: str, pids, lines: dict[int, str]) -> list[int]:
+    return [pid for pid in pids if pattern in lines.get(pid, "")]
+
+
+def master_pid(cluster: StandaloneCluster) -> int:
+    lines = cmdlines()
+    masters = pids_running("org.apache.spark.deploy.master.Master", tagged_pids(cluster.tag), lines)
+    assert len(masters) == 1, {pid: lines.get(pid) for pid in tagged_pids(cluster.tag)}
+    return masters[0]
+
+
+def cluster_ports(cluster: StandaloneCluster) -> set[int]:
+    """The master's RPC and web UI ports."""
+    return {int(cluster.master_url.rsplit(":", 1)[1]), urllib.parse.urlparse(cluster.web_url).port}
+
+
+def kill_from_the_web_ui(cluster: StandaloneCluster, app_id: str) -> tuple[int, str]:
+    """POST what the master UI's kill link posts; (final HTTP status, final URL). An error status
+    is returned, not swallowed: the caller checks it."""
+    request = urllib.request.Request(cluster.web_url + "/app/kill/", method="POST",
+                                     data=urllib.parse.urlencode({"id": app_id, "terminate": "true"}).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.url
+    except urllib.error.HTTPError as error:
+        return error.code, error.url
+
+
+def app_states(cluster: StandaloneCluster, app_id: str) -> dict[str, list[str]]:
+    status = cluster.master_status()
+    return {key: [a["state"] for a in status[key] if a["id"] == app_id] for key in ("activeapps", "completedapps")}
+
+
+def start_owner_app(cluster: StandaloneCluster, app: Path, name: str, tmp_path: Path) -> tuple[Client, Path]:
+    """The application of the cluster's owner, the way a cell submits its trainer: the properties
+    file holds the secret, the driver's environment does not. It waits for ``release``."""
+    release = tmp_path / f"release-{name}"
     extra = {"spark.cores.max": "1", "spark.executor.memory": "512m", "spark.driver.memory": "512m"}
-    command = cluster.submit_command(str(app), ["owner-app", str(release)], extra)
-    owner = Client(command, cluster.daemon_env(), tmp_path / "owner.log")
+    command = cluster.submit_command(str(app), [name, str(release)], extra)
+    return Client(command, cluster.driver_env(), tmp_path / f"{name}.log"), release
+
+
+def test_client_with_the_secret_runs_and_nothing_exposes_the_cluster(cluster, app, tmp_path):
+    owner, release = start_owner_app(cluster, app, "owner-app", tmp_path)
     try:
         text = owner.wait_for(["RESULT"])
         assert "RESULT 14" in text, text[-4000:]
@@ -208,25 +282,90 @@ def test_client_with_the_secret_runs_and_nothing_exposes_the_cluster(cluster, ap
         sockets = listening(processes)
         ports = {port for _, port in sockets.values()}
         assert {address for address, _ in sockets.values()} <= LOOPBACK, sockets
-        web_port = urllib.parse.urlparse(cluster.web_url).port
-        master_port = int(cluster.master_url.rsplit(":", 1)[1])
-        assert {web_port, master_port} <= ports and len(ports) >= 6, sockets
+        assert cluster_ports(cluster) <= ports and len(ports) >= 6, sockets
         assert "UI False" in text  # no driver web UI
 
-        # the master's web UI: reachable on loopback (for /json), but cannot kill the application
+        # the master's web UI: reachable on loopback (for /json), but it cannot kill the
+        # application. The same request kills one where spark.ui.killEnabled=true (the positive
+        # control below), and there the application is KILLED when the response arrives.
         app_id = running[0]["id"]
-        request = urllib.request.Request(cluster.web_url + "/app/kill/", method="POST",
-                                         data=urllib.parse.urlencode({"id": app_id, "terminate": "true"}).encode())
-        try:  # with spark.ui.killEnabled (Spark's default) this kills the application
-            urllib.request.urlopen(request, timeout=10).close()
-        except urllib.error.HTTPError:
-            pass
-        time.sleep(3)
-        status = cluster.master_status()
-        assert [a["state"] for a in status["activeapps"] if a["id"] == app_id] == ["RUNNING"], status
-        assert not [a for a in status["completedapps"] if a["id"] == app_id], status
+        code, _ = kill_from_the_web_ui(cluster, app_id)
+        assert code == 200, code
+        assert app_states(cluster, app_id) == {"activeapps": ["RUNNING"], "completedapps": []}
 
+        # ... and it goes on to finish normally, after the request: it was never killed
+        release.touch()
+        assert owner.proc.wait(timeout=120) == 0, owner.text()[-3000:]
+        assert app_states(cluster, app_id) == {"activeapps": [], "completedapps": ["FINISHED"]}
+    finally:
+        owner.stop()
+
+
+def test_the_driver_gets_the_secret_only_from_its_file(cluster, app, tmp_path):
+    """The environment of spark-submit, of the driver JVM it becomes and of the application's
+    Python process holds no secret; the daemons' environment does (positive control of the
+    /proc reading), and so does the driver's 0600 properties file, its only source."""
+    owner, release = start_owner_app(cluster, app, "driver-env-app", tmp_path)
+    try:
+        text = owner.wait_for(["RESULT"])
+        assert "RESULT 14" in text, text[-4000:]  # it authenticated, with the file as only source
+        lines = cmdlines()
+        driver_side = environs(session_pids(owner.proc.pid))
+        drivers = pids_running("org.apache.spark.deploy.SparkSubmit", driver_side, lines)
+        python_apps = pids_running(str(app), driver_side, lines)
+        assert drivers and python_apps, {pid: lines.get(pid) for pid in driver_side}
+        assert [pid for pid, env in driver_side.items() if cluster.secret.encode() in env] == []
+        assert [pid for pid, env in driver_side.items() if b"_SPARK_AUTH_SECRET=" in env] == []
+        assert environ_has(master_pid(cluster), "_SPARK_AUTH_SECRET=" + cluster.secret)
+        assert f"spark.authenticate.secret {cluster.secret}" in Path(cluster.secret_file).read_text()
         release.touch()
         assert owner.proc.wait(timeout=120) == 0, owner.text()[-3000:]
     finally:
         owner.stop()
+
+
+def test_no_rest_submission_server(cluster):
+    """The master listens on exactly its RPC and web UI ports: no REST submission server (Spark's
+    default port 6066, or spark.master.rest.port). The positive control below shows that enabling
+    it adds a third listening port to the same check."""
+    sockets = listening([master_pid(cluster)])
+    assert {port for _, port in sockets.values()} == cluster_ports(cluster), sockets
+
+
+class PermissiveCluster(StandaloneCluster):
+    """The cluster of a careless owner: the master's web UI may kill applications and the master
+    runs a REST submission server (on a free port). Only the master's options differ."""
+
+    rest_port = 0
+
+    def daemon_env(self):
+        env = super().daemon_env()
+        env["SPARK_MASTER_OPTS"] += (" -Dspark.ui.killEnabled=true -Dspark.master.rest.enabled=true"
+                                     f" -Dspark.master.rest.port={self.rest_port}")
+        return env
+
+
+def test_positive_controls_kill_enabled_and_rest_server(trainer_python, app, tmp_path, monkeypatch):
+    """What the checks above would see on a master with spark.ui.killEnabled=true and
+    spark.master.rest.enabled=true: the REST port listens too, and the same kill request ends
+    the application (KILLED when the response arrives)."""
+    monkeypatch.setenv("DLSCALE_SCRATCH", str(tmp_path))
+    with private_scratch() as scratch:
+        permissive = PermissiveCluster(SparkInstall.discover(trainer_python), scratch, cores_per_worker=1,
+                                       worker_memory="1g")
+        permissive.rest_port = free_port("127.0.0.1")
+        with permissive:
+            sockets = listening([master_pid(permissive)])
+            assert {port for _, port in sockets.values()} == cluster_ports(permissive) | {permissive.rest_port}, \
+                sockets
+            victim, _ = start_owner_app(permissive, app, "victim-app", tmp_path)
+            try:
+                text = victim.wait_for(["RESULT"])
+                assert "RESULT 14" in text, text[-4000:]
+                app_id = next(a["id"] for a in permissive.master_status()["activeapps"] if a["name"] == "victim-app")
+                code, _ = kill_from_the_web_ui(permissive, app_id)
+                assert code == 200, code
+                assert app_states(permissive, app_id) == {"activeapps": [], "completedapps": ["KILLED"]}
+            finally:
+                victim.stop()
+        assert tagged_pids(permissive.tag) == []
