@@ -38,8 +38,9 @@ unit: envs
 
 test: envs .venv/torch/.installed fashion-mnist
 	tests/slurm/slurm-up.sh
+	tests/slurm/multinode-up.sh
 	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra tests; status=$$?; \
-		tests/slurm/slurm-down.sh; exit $$status
+		tests/slurm/multinode-down.sh; tests/slurm/slurm-down.sh; exit $$status
 
 # The benchmark (README, Performance): a clean grid of cores {1,2} x one size x 3 repetitions,
 # BigDL and its PyTorch peer, strong and weak scaling; prints the figures and the targets and

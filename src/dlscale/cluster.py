@@ -407,17 +407,23 @@ class StandaloneCluster:
     # --- teardown --------------------------------------------------------------------------
     def stop(self, grace_s: float = 5.0, remote_grace_s: float = 30.0) -> None:
         """Stop the workers, then the master, then anything else that still carries our tag here.
-        A remote worker's srun forwards the SIGTERM to dlscale.node_worker, which stops that
-        node's daemons and removes its scratch: it gets ``remote_grace_s`` for that."""
+
+        A remote worker gets SIGUSR1 through its srun, which forwards it to dlscale.node_worker
+        and waits while that stops its node's daemons and removes its scratch (``remote_grace_s``).
+        Not SIGTERM: on SIGTERM srun cancels the step at once, SIGKILLing the task before its
+        teardown can run (seen with Slurm 22.05)."""
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    if self._is_remote(proc):
+                        os.kill(proc.pid, signal.SIGUSR1)
+                    else:
+                        os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         start = time.time()
         for proc in self._procs:
-            remote = self._names.get(proc.pid, "").split(" on ")[-1] in self.remote_nodes
+            remote = self._is_remote(proc)
             deadline = start + (remote_grace_s if remote else grace_s)
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
@@ -429,6 +435,9 @@ class StandaloneCluster:
         leftovers = kill_tagged(self.tag, grace_s)
         if leftovers:
             log.info("killed %d leftover process(es) of the cluster: %s", len(leftovers), leftovers)
+
+    def _is_remote(self, proc: subprocess.Popen) -> bool:
+        return self._names.get(proc.pid, "").split(" on ")[-1] in self.remote_nodes
 
     def __enter__(self) -> "StandaloneCluster":
         return self.start()

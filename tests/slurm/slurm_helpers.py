@@ -43,13 +43,13 @@ def wait_node_empty(node: str, timeout: float = 180) -> None:
     skip_or_fail(f"node {node} stayed busy with other jobs for {timeout:.0f}s")
 
 
-def sacct_rows(args: list[str], fields: str, want: int, timeout: float = 60) -> list[dict]:
-    """Poll sacct until `want` rows are in a final state (bounded)."""
+def sacct_rows(args: list[str], fields: str, want: int, timeout: float = 60, env: dict | None = None) -> list[dict]:
+    """Poll sacct until `want` rows are in a final state (bounded); ``env``: e.g. multi_env()."""
     deadline = time.monotonic() + timeout
     names = fields.split(",")
     rows: list[dict] = []
     while time.monotonic() < deadline:
-        res = run(["sacct", "-X", "-P", "-n", f"--format={fields}", *args])
+        res = run(["sacct", "-X", "-P", "-n", f"--format={fields}", *args], env=env)
         rows = [dict(zip(names, line.split("|"))) for line in res.stdout.splitlines() if line]
         if len(rows) >= want and all(r["State"] not in ("PENDING", "RUNNING", "COMPLETING") for r in rows):
             return rows
