@@ -187,18 +187,24 @@ for i in $(seq 1 "$MNODES"); do
         # A slurmd outside the node's current namespace (made anew since) or on
         # another CPU than the node's now is restarted.
         if [[ $(netns_ino "/proc/$pid/ns/net") == "$(netns_ino "/run/netns/$node")" ]] &&
-            [[ $(awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$pid/status") == "$cpu" ]]; then
+            [[ $(awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$pid/status") == "$cpu" ]] &&
+            grep -q '^ClusterName=dlscale-multi' "/proc/$pid/root/etc/slurm/slurm.conf" 2>/dev/null; then
             continue
         fi
-        log "$node: slurmd (pid $pid) is in another namespace or on another CPU: restarting it"
+        log "$node: slurmd (pid $pid) is in another namespace, on another CPU or sees another /etc/slurm: restarting it"
         stop_daemon "$pidfile" slurmd
     fi
     [[ -z $(pids_in_netns "/run/netns/$node") ]] && FRESH[$node]=$(date +%s)
     log "starting slurmd for $node ($(mnode_addr "$i"), CPU $cpu)"
     # nsenter, not `ip netns exec` (which remounts /sys); the slurmd daemonizes
     # and keeps the namespaces and the affinity, and passes them on to its jobs.
-    nsenter --net="/run/netns/$node" unshare --uts taskset -c "$cpu" \
-        sh -c 'hostname "$1" && exec slurmd -N "$1" -f "$2"' sh "$node" "$MCONF" </dev/null
+    # A mount namespace of its own shows this cluster's config dir at /etc/slurm, as on a
+    # real node: the jobstep plugin strips SLURM_CONF from the environment of the srun it
+    # runs inside a job, which then reads /etc/slurm/slurm.conf (the single-node cluster's
+    # on the host) and cannot reach that controller from the node's namespace.
+    nsenter --net="/run/netns/$node" unshare --uts --mount --propagation private taskset -c "$cpu" \
+        sh -c 'hostname "$1" && mount --bind "$3" /etc/slurm && exec slurmd -N "$1" -f "$2"' \
+        sh "$node" "$MCONF" "$(dirname "$MCONF")" </dev/null
     wait_for 15 "slurmd of $node" alive "$pidfile" slurmd || { show_multi_logs; die "slurmd of $node did not start"; }
 done
 
