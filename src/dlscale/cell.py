@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from dlscale import hoststat
 from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent, node_address
@@ -225,11 +225,7 @@ def allocation_nodes(cores: int, cores_per_node: Optional[int]) -> List[str]:
         return []
     needed = -(-cores // cores_per_node)
     job = os.environ["SLURM_JOB_ID"]
-    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
-    try:
-        count = int(os.environ.get("SLURM_JOB_NUM_NODES", "1"))
-    except ValueError:
-        count = 0
+    nodelist, count = job_nodelist(job)
     if count < needed:
         raise CellError("this cell needs %d nodes (%d cores, slurm.cores_per_node %d) but its Slurm job %s has %d "
                         "(SLURM_JOB_NODELIST=%s). Fix: submit it with --nodes=%d (the Slurm profile does), or set "
@@ -250,6 +246,28 @@ def allocation_nodes(cores: int, cores_per_node: Optional[int]) -> List[str]:
                         "expected %d node names including this one (%s). Fix: run the cell inside its own Slurm "
                         "allocation, unchanged" % (job, nodelist, hosts, count, this))
     return [this] + [host for host in hosts if host != this][:needed - 1]
+
+
+def job_nodelist(job: str) -> Tuple[str, int]:
+    """(node list, node count) of Slurm job ``job``: from the job's environment, or, where it is
+    not there, from the controller. snakemake-executor-plugin-slurm-jobstep removes every
+    SLURM_* variable but the job id from the environment of the command it runs in a job."""
+    nodelist, count = os.environ.get("SLURM_JOB_NODELIST"), os.environ.get("SLURM_JOB_NUM_NODES")
+    if not nodelist or not count:
+        try:
+            out = subprocess.run(["scontrol", "show", "job", "--oneliner", job], check=True,
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = (getattr(error, "stderr", "") or str(error)).strip()
+            raise CellError("cannot read the node list of Slurm job %s: `scontrol show job %s` failed (%s). "
+                            "Fix: run the cell inside its Slurm allocation, with Slurm's commands on PATH"
+                            % (job, job, detail))
+        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+        nodelist, count = fields.get("NodeList", ""), fields.get("NumNodes", "")
+    try:
+        return nodelist, int(count.split("-")[0])
+    except ValueError:
+        return nodelist, 0
 
 
 # --- the cell ----------------------------------------------------------------------------------

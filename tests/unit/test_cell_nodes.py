@@ -71,3 +71,14 @@ def test_a_node_name_the_other_nodes_cannot_reach_is_refused(name, problem):
     with pytest.raises(ClusterError) as error:
         node_address(name)
     assert problem in str(error.value) and "Fix:" in str(error.value)
+
+
+def test_without_the_node_list_in_its_environment_the_cell_asks_the_controller(monkeypatch):
+    # The jobstep plugin strips SLURM_JOB_NODELIST/NUM_NODES; a job id the controller does not
+    # know gives the clear error (a real job's list is read in tests/slurm/test_multinode_cells.py).
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    monkeypatch.delenv("SLURM_JOB_NUM_NODES")
+    monkeypatch.setenv("SLURM_JOB_ID", "999999999")
+    with pytest.raises(cell.CellError) as error:
+        cell.allocation_nodes(2, 1)
+    assert "scontrol show job 999999999" in str(error.value) and "Fix:" in str(error.value)
