@@ -18,6 +18,13 @@ Same as the BigDL cell:
 
 There is no cluster: ``cluster_start`` and ``cluster_stop`` are 0, ``context_start`` is the
 import of torch and the thread set-up.
+
+Failures end as a BigDL cell's do (``dlscale.cell``'s own handlers): SIGTERM, SIGINT and SIGUSR1
+(scancel, the walltime, Ctrl-C) raise ``Terminated`` in the main thread, later ones are ignored
+while it stops; ``--exit-with-parent`` (the rule ``exec``s the cell, so its parent is Snakemake)
+stops it when a killed Snakemake leaves it orphaned; any failure releases the CPU claims, writes
+no metrics.json (it is written atomically, last) and logs one ``FAILED: ...`` line; the exit
+code is 1. There is nothing else to tear down: no daemons, no scratch.
 """
 
 from __future__ import annotations
@@ -28,13 +35,24 @@ import glob
 import logging
 import os
 import platform
+import signal
 import socket
 import sys
 import time
 from typing import List, Optional, Tuple
 
 from dlscale import hoststat
-from dlscale.cell import claimed_cpus, global_batch, metrics_record, parse_args, write_json_atomically
+from dlscale.cell import (
+    STOP_SIGNALS,
+    Terminated,
+    _raise_terminated,
+    claimed_cpus,
+    exit_with_parent,
+    global_batch,
+    metrics_record,
+    parse_args,
+    write_json_atomically,
+)
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS
 
 log = logging.getLogger("dlscale.torch_trainer")
@@ -113,6 +131,7 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     n = len(train_y)
     loss = torch.tensor(float("nan"))
+    log.info("training: %d records, %d epoch(s), global batch %d", n, args.epochs, batch_size)
     tick = time.time()
     model.train()
     for _epoch in range(args.epochs):
@@ -158,6 +177,7 @@ def run_cell(args: argparse.Namespace) -> dict:
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
     batch = global_batch(args)
+    log.info("claiming %d CPU(s)", args.cores)
     with claimed_cpus(args.cores) as cpus:
         cpu_wait = time.time() - t0  # queued behind other cells for free CPUs: not the cell's time
         host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
@@ -183,8 +203,20 @@ def run_cell(args: argparse.Namespace) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    metrics = run_cell(args)
-    write_json_atomically(args.out, metrics)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_terminated)
+    if args.exit_with_parent:
+        exit_with_parent()
+    try:
+        metrics = run_cell(args)
+        write_json_atomically(args.out, metrics)
+    except (Exception, Terminated) as error:
+        if not isinstance(error, Terminated):
+            log.exception("the torch cell failed")  # the traceback, for errors of torch or the data
+        log.error("torch cell %s n%d c%d r%d FAILED: %s. No metrics were written; rerun the workflow to run "
+                  "this cell again (it runs only the missing cells)",
+                  args.dataset, args.size, args.cores, args.repetition, error)
+        return 1
     log.info("torch cell done: train %.1f s, total %.1f s, %.0f records/s, accuracy %.4f -> %s",
              metrics["timings_s"]["train"], metrics["timings_s"]["total"], metrics["records_per_s"],
              metrics["test_accuracy"], args.out)

@@ -96,7 +96,9 @@ rule train_cell_torch:
         train_dir=lambda wc: paths.subset_dir(wc.dataset, int(wc.size)),
         test_dir=lambda wc: paths.test_dir(wc.dataset),
     shell:
-        "{params.python} -m dlscale.torch_trainer"
+        # `exec`: Snakemake is its parent, so --exit-with-parent stops it when a killed Snakemake
+        # leaves it orphaned (as train_cell).
+        "exec {params.python} -m dlscale.torch_trainer --exit-with-parent"
         " --dataset {wildcards.dataset} --scaling {wildcards.scaling}"
         " --size {wildcards.size} --cores {wildcards.cores} --repetition {wildcards.rep}"
         " --train-dir {params.train_dir} --test-dir {params.test_dir} --out {output}"
