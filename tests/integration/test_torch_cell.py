@@ -109,6 +109,7 @@ def torch_cells_in(workdir: Path) -> list[int]:
 
 def claim_every_cpu_now(lock_dir: Path) -> bool:
     """Whether every usable CPU can be claimed at once (no waiting) in ``lock_dir``."""
+    before = os.environ.get("DLSCALE_CPU_LOCK_DIR")
     os.environ["DLSCALE_CPU_LOCK_DIR"] = str(lock_dir)
     try:
         with claimed_cpus(len(os.sched_getaffinity(0)), timeout_s=0):
@@ -116,7 +117,10 @@ def claim_every_cpu_now(lock_dir: Path) -> bool:
     except CellError:
         return False
     finally:
-        del os.environ["DLSCALE_CPU_LOCK_DIR"]
+        if before is None:
+            del os.environ["DLSCALE_CPU_LOCK_DIR"]
+        else:
+            os.environ["DLSCALE_CPU_LOCK_DIR"] = before
 
 
 def test_sigterm_mid_training_stops_the_cell_releases_its_cpus_and_writes_nothing(parts, tmp_path):
