@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -408,7 +409,8 @@ def test_trainer_error_fails_the_cell_clearly_and_leaves_nothing(study, first_fa
     assert "DLSCALE_FAULT=trainer-error: injected trainer failure" in log
     assert re.search(r"FAILED: the trainer failed \(spark-submit exit code 1\).*no metrics were written; "
                      r"rerun the workflow", log)
-    assert "----- last" in log and "logs/worker-0.log" in log  # the daemons' logs outlive the scratch
+    # the daemons' logs outlive the scratch (dlscale.cluster names each worker after its node)
+    assert "----- last" in log and f"logs/worker-on-{socket.gethostname()}.log" in log, log[-3000:]
     assert_nothing_left(run)
     assert_no_metrics(study, SMALL)
     # Snakemake shows the user which cell failed and its log
@@ -454,8 +456,8 @@ def test_dead_worker_jvm_fails_the_cell_clearly(study, second_faults):
     proc, cells = second_faults
     run = cells[OTHER]
     assert run.done and run.done[0].startswith("SIGKILL worker")
-    assert re.search(r"FAILED: the Spark worker-0 \(pid \d+\) died \(killed by SIGKILL\) while the trainer ran",
-                     run.log_text())
+    assert re.search(r"FAILED: the Spark worker on %s \(pid \d+\) died \(killed by SIGKILL\) while the trainer ran"
+                     % re.escape(socket.gethostname()), run.log_text()), run.log_text()[-3000:]
     assert_nothing_left(run)
     assert_no_metrics(study, OTHER)
 
