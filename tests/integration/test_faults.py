@@ -140,6 +140,52 @@ def tagged(tags: set[str]) -> list[tuple[int, str]]:
     return [(pid, cmdline(pid)) for pid in proc_table() if cluster_tag(pid) in tags]
 
 
+# --- which clusters were up at the same moment, by the order of reads of the cells' logs ------
+CLUSTER_UP, CLUSTER_STOPPED = "Spark standalone cluster up in", "cluster stopped in"
+
+
+def cluster_up(text: str) -> bool:
+    """The log's cluster is up: started, not yet stopped (a log is rewritten when its cell runs)."""
+    return CLUSTER_UP in text and CLUSTER_STOPPED not in text
+
+
+def up_at_once(read_logs: dict) -> set:
+    """The keys of ``read_logs`` (key -> function returning the log text) whose clusters were all
+    up at one moment. Each log is read twice, all of them in turn: a cluster seen up at both of
+    its reads was up all the time between them (a log says up, then stopped, never back), so
+    every cluster seen up twice was up at the moment of the last first read."""
+    first = [key for key, read in read_logs.items() if cluster_up(read())]
+    return {key for key in first if cluster_up(read_logs[key]())}
+
+
+class LogOverlap(threading.Thread):
+    """Reads the given logs until stopped; ``together`` is every set of two or more of them seen
+    up at one moment."""
+
+    def __init__(self, logs: dict) -> None:
+        super().__init__(daemon=True)
+        self.logs = logs
+        self.together: set[frozenset] = set()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        readers = {key: (lambda path=path: path.read_text(errors="replace") if path.exists() else "")
+                   for key, path in self.logs.items()}
+        while not self.halt.is_set():
+            up = up_at_once(readers)
+            if len(up) >= 2:
+                self.together.add(frozenset(up))
+            time.sleep(0.25)
+
+    def __enter__(self) -> "LogOverlap":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.halt.set()
+        self.join(10)
+
+
 # --- watching the cells of one Snakemake run ---------------------------------------------------
 @dataclass
 class CellRun:
@@ -153,6 +199,7 @@ class CellRun:
     listen: dict[int, tuple[str, int]] = field(default_factory=dict)  # inode -> (address, port)
     done: list[str] = field(default_factory=list)  # the faults injected, in order
     frozen: Optional[str] = None  # the log as this run left it (a later run rewrites the file)
+    up_together: set[int] = field(default_factory=set)  # cells whose clusters were up with this one
 
     def freeze(self) -> None:
         self.frozen = self.log_text()
@@ -229,6 +276,9 @@ class Watcher(threading.Thread):
                 if when(run):
                     del self.actions[size]
                     what(run)
+        up = up_at_once({size: run.log_text for size, run in self.cells.items()})
+        for size in up:
+            self.cells[size].up_together |= up - {size}
 
     def __enter__(self) -> "Watcher":
         self.start()
@@ -488,11 +538,11 @@ def test_retry_after_the_faults_succeeds(study, retried):
 def test_two_cells_at_once_do_not_collide(study, retried):
     _, cells = retried
     small, other = (json.loads(study.metrics(size).read_text()) for size in (SMALL, OTHER))
-    # they ran at the same time ...
-    assert small["started_at"] < other["finished_at"] and other["started_at"] < small["finished_at"]
+    a, b = cells[SMALL], cells[OTHER]
+    # their clusters were up at the same moment (seen in the order of reads of their logs) ...
+    assert OTHER in a.up_together and SMALL in b.up_together, (a.up_together, b.up_together)
     # ... on different CPUs, ports, scratch directories, logs
     assert not set(small["cpus_allowed"]) & set(other["cpus_allowed"])
-    a, b = cells[SMALL], cells[OTHER]
     assert a.master_url and b.master_url and a.master_url != b.master_url
     assert not {port for _, port in a.listen.values()} & {port for _, port in b.listen.values()}
     assert a.scratch != b.scratch and a.tags.isdisjoint(b.tags)
@@ -641,15 +691,15 @@ def test_two_slurm_jobs_on_one_node_both_succeed(study, retried, tmp_path):
         jobs.append((subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True), out, tmp_path / f"r{rep}.log"))
     results = []
-    for proc, out, log in jobs:
-        stdout, stderr = proc.communicate(timeout=1500)
-        text = log.read_text(errors="replace") if log.exists() else ""
-        assert proc.returncode == 0, f"sbatch job failed ({proc.returncode}): {stderr}\n{text[-3000:]}"
-        results.append((json.loads(out.read_text()), text))
+    with LogOverlap({rep: log for rep, (_, _, log) in enumerate(jobs, start=1)}) as overlap:
+        for proc, out, log in jobs:
+            stdout, stderr = proc.communicate(timeout=1500)
+            text = log.read_text(errors="replace") if log.exists() else ""
+            assert proc.returncode == 0, f"sbatch job failed ({proc.returncode}): {stderr}\n{text[-3000:]}"
+            results.append((json.loads(out.read_text()), text))
     (first, log1), (second, log2) = results
     assert first["slurm_job_id"] and second["slurm_job_id"] and first["slurm_job_id"] != second["slurm_job_id"]
-    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"], \
-        "the two jobs did not run at the same time (node busy?)"
+    assert frozenset({1, 2}) in overlap.together, "the two jobs' clusters were never up at once (node busy?)"
     urls = [re.search(r"cluster up in [\d.]+ s at (spark://\S+)", text).group(1) for text in (log1, log2)]
     scratches = [re.search(r"scratch (\S+)", text).group(1) for text in (log1, log2)]
     assert urls[0] != urls[1] and scratches[0] != scratches[1]
