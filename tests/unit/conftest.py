@@ -149,15 +149,6 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}/data/"
 
 
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """A URL whose server accepts connections (kernel backlog) but never answers: a timeout."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/data/"
-
-
 SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "workflow" / "scripts"
 
 # Runs a workflow script as Snakemake does: in a fresh Python, with a global `snakemake` built
