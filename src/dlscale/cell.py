@@ -146,7 +146,9 @@ def check_private_dir(path: str, variable: str) -> None:
 
 # --- scratch -----------------------------------------------------------------------------------
 def node_local_tmp() -> str:
-    """Node-local storage: Slurm's per-job TMPDIR if set, else the system temp dir."""
+    """Node-local storage: ``$SLURM_TMPDIR`` (a common site convention) if set, else ``$TMPDIR``
+    (through tempfile; the Slurm jobstep plugin drops SLURM_* variables from a rule's
+    environment, TMPDIR stays), else /tmp."""
     return os.environ.get("DLSCALE_SCRATCH") or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
 
 

@@ -87,6 +87,14 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
 def left_on_nodes() -> dict[str, list[str]]:
     """Spark/cell processes still running in each node's network namespace, and cell scratch
     directories still in each node's $SLURM_TMPDIR."""
@@ -181,10 +189,20 @@ def test_scancel_mid_training_leaves_nothing_on_either_node(spanning_study, tmp_
     anywhere: list[str] = []
     scratch: dict[str, list[str]] = {}
 
+    secrets: dict[str, set[str]] = {}
+    on_command_lines: list[str] = []
+
     def scancel(_log: Path) -> str:
         job = running_cell_job()
         for node in (N1, N2):  # positive control: each node has its scratch while the cell runs
             scratch[node] = [p.name for p in node_tmpdir(node).glob("dlscale-cell-*")]
+        for node in (N1, N2):  # the secret reached each node's worker through its environment...
+            for pid, cmd in processes_on_node(node):
+                if "deploy.worker.Worker" in cmd:
+                    secrets.setdefault(node, set()).add(environ(pid).get("_SPARK_AUTH_SECRET", ""))
+        secret = next(iter(secrets.get(N1, {""})))
+        for node in (N1, N2):  # ...and is on no command line
+            on_command_lines.extend(cmd for _, cmd in processes_on_node(node) if secret and secret in cmd)
         for node in (N1, N2):  # where each node's processes listen, seen before the fault
             for pid, cmd in processes_on_node(node):
                 if not SPARK_PROCESS.search(cmd):
@@ -192,7 +210,7 @@ def test_scancel_mid_training_leaves_nothing_on_either_node(spanning_study, tmp_
                 addresses = listening_addresses(pid)
                 if "deploy.worker.Worker" in cmd:
                     workers.setdefault(node, set()).update(addresses)
-                if "any" in addresses:
+                if "any" in addresses and not cmd.startswith("srun "):  # Slurm's own I/O ports
                     anywhere.append(cmd)
         run(["scancel", job], env=multi_env())
         return job
@@ -203,6 +221,8 @@ def test_scancel_mid_training_leaves_nothing_on_either_node(spanning_study, tmp_
     assert workers == {N1: {node_address(N1)}, N2: {node_address(N2)}}, workers
     assert anywhere == []
     assert len(scratch[N1]) == 1 and len(scratch[N2]) == 1, scratch
+    assert len(secrets[N1]) == 1 and secrets[N1] == secrets[N2] and "" not in secrets[N1], secrets
+    assert on_command_lines == []
     assert proc.returncode != 0
     assert not (workdir / CELL.format(rep=1)).exists()
     assert wait_nothing_left() == {}
