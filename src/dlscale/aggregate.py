@@ -579,19 +579,42 @@ def _speedup_definition(base: int) -> str:
     return f"speed-up = T({base_text}) / T(N cores), T = mean runtime{why}."
 
 
-def oversubscription_warnings(cells: pd.DataFrame) -> tuple[str, ...]:
-    """A warning when cells had fewer CPUs than the cores they asked for: their timings
-    measure time-sharing, not scaling."""
-    if cells.empty or "n_cpus_allowed" not in cells.columns:
+def _core_counts_text(rows: pd.DataFrame) -> str:
+    return ", ".join(f"{c} cores" for c in sorted(set(int(c) for c in rows["cores"])))
+
+
+def _flagged(cells: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows whose boolean ``column`` is true (absent or NaN: not flagged)."""
+    if column not in cells.columns:
+        return cells.iloc[0:0]
+    return cells[cells[column].astype("boolean").fillna(False).astype(bool)]
+
+
+def condition_warnings(cells: pd.DataFrame) -> tuple[str, ...]:
+    """Warnings about cells whose timings do not measure what their column says: fewer CPUs on
+    their node than they asked for (``oversubscribed``: time-sharing, not scaling), executors
+    that together could use fewer CPUs than the cell's cores (``undersubscribed``), or another
+    cell on the same node while they ran (``exclusive`` false: shared caches, memory bandwidth)."""
+    if cells.empty:
         return ()
-    short = cells[cells["n_cpus_allowed"] < cells["cores"]]
-    if short.empty:
-        return ()
-    where = ", ".join(sorted({f"{c} cores" for c in short["cores"]}, key=lambda t: int(t.split()[0])))
-    return (
-        f"**Warning:** {len(short)} cell(s) had fewer CPUs than cores ({where}); see `n_cpus_allowed` in "
-        f"{CELLS_CSV}.",
-    )
+    warnings = []
+    if "n_cpus_allowed" in cells.columns:
+        per_node = cells["cores_per_node"] if "cores_per_node" in cells.columns else cells["cores"]
+        per_node = per_node.fillna(cells["cores"])
+        short = cells[cells["n_cpus_allowed"] < per_node]
+        if not short.empty:
+            warnings.append(f"**Warning:** {len(short)} cell(s) had fewer CPUs than cores ({_core_counts_text(short)}, "
+                            f"oversubscribed); see `n_cpus_allowed` in {CELLS_CSV}.")
+    under = _flagged(cells, "undersubscribed")
+    if not under.empty:
+        warnings.append(f"**Warning:** {len(under)} cell(s) ran executors that could use fewer CPUs than the cell's "
+                        f"cores ({_core_counts_text(under)}, undersubscribed); see `executors` in {CELLS_CSV}.")
+    if "exclusive" in cells.columns:
+        shared = cells[~cells["exclusive"].astype("boolean").fillna(True).astype(bool)]
+        if not shared.empty:
+            warnings.append(f"**Warning:** {len(shared)} cell(s) shared their node with another cell while they ran "
+                            f"({_core_counts_text(shared)}, not exclusive); see `overlapping_cells` in {CELLS_CSV}.")
+    return tuple(warnings)
 
 
 def runtime_markdown(tables: GroupTables, context: TableContext) -> str:
@@ -646,7 +669,7 @@ def write_tables(
     written = []
     for backend, scaling in groups:
         group_cells = cells[(cells["backend"] == backend) & (cells["scaling"] == scaling)] if len(cells) else cells
-        warnings = oversubscription_warnings(group_cells)
+        warnings = condition_warnings(group_cells)
         for phase in paths.PHASES:
             context = TableContext(dataset, backend, scaling, phase, planned, warnings)
             written += _write_group(group_tables(group_cells, phase, sizes, cores), out_dir, context)

@@ -35,6 +35,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from dlscale import hoststat
 from dlscale.cluster import ClusterError, SparkInstall, StandaloneCluster, die_with_parent, node_address
+from dlscale.neighbours import Neighbours
 
 log = logging.getLogger("dlscale.cell")
 
@@ -94,13 +95,16 @@ def cpu_lock_dir() -> str:
 
 
 @contextlib.contextmanager
-def claimed_cpus(count: int, timeout_s: float = 3600.0) -> Iterator[List[int]]:
+def claimed_cpus(count: int, timeout_s: float = 3600.0, owner: str = "") -> Iterator[List[int]]:
     """Claim ``count`` CPUs of those this process may use (its Slurm allocation, or the machine)
     by holding one lock file per CPU, then confine this process to them.
 
     With fewer usable CPUs than ``count`` all of them are claimed (the cell is oversubscribed and
-    metrics.json says so). Locks are released by the kernel if the process dies.
+    metrics.json says so). Locks are released by the kernel if the process dies. Each held lock
+    file names its ``owner`` (and pid), so that other cells can say whom they ran beside
+    (``dlscale.neighbours``).
     """
+    owner = "%s (pid %d)" % (owner or "a dlscale process", os.getpid())
     usable = sorted(os.sched_getaffinity(0))
     wanted = min(count, len(usable))
     check_private_dir(cpu_lock_dir(), "DLSCALE_CPU_LOCK_DIR")
@@ -115,6 +119,8 @@ def claimed_cpus(count: int, timeout_s: float = 3600.0) -> Iterator[List[int]]:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     held[cpu] = fd
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, owner.encode(), 0)
                 except OSError as error:
                     os.close(fd)
                     if error.errno not in (errno.EAGAIN, errno.EACCES):
@@ -393,9 +399,12 @@ def run_cell(args: argparse.Namespace) -> dict:
     # Loopback for a single-node cell; this node's address (never loopback) across nodes.
     host = node_address(nodes[0]) if nodes else "127.0.0.1"
     tick = time.time()
-    with claimed_cpus(cores_per_node) as cpus, private_scratch() as scratch:
+    owner = "cell %s %s %s %s" % (args.dataset, "bigdl", args.scaling, cell_id(args))
+    with claimed_cpus(cores_per_node, owner=owner) as cpus, private_scratch() as scratch:
         cpu_wait = time.time() - tick  # queued behind other cells for free CPUs: not the cell's time
         host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
+        neighbours = Neighbours(cpu_lock_dir(), cpus)  # other cells on this node while it runs
+        neighbours.start()
         log.info("cell confined to CPUs %s (asked for %d), scratch %s", cpus, cores_per_node, scratch)
         if nodes:
             log.info("cell spans nodes %s: master and driver on %s (%s), one worker per node", nodes, nodes[0], host)
@@ -414,9 +423,12 @@ def run_cell(args: argparse.Namespace) -> dict:
             cluster.stop()
             cluster_stop = time.time() - tick
             log.info("cluster stopped in %.1f s", cluster_stop)
+            overlapping = neighbours.stop()
             if not succeeded:
                 show_logs(scratch)
         host_load = hoststat.busy_report(host_at_start, hoststat.Snapshot(cpus))
+    if overlapping:
+        log.warning("not alone on its node: %s ran beside it", "; ".join(overlapping))
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     trainer_t = result["timings_s"]
     timings = {
@@ -441,7 +453,14 @@ def run_cell(args: argparse.Namespace) -> dict:
         # What each executor's Python worker saw: its host and CPUs (one entry per distinct view).
         executors=result["executors"],
         spark_conf=spark_conf,
+        # fewer CPUs than asked on this node: the cell's threads outnumber its CPUs
         oversubscribed=len(cpus) < cores_per_node,
+        # the executors together could use fewer CPUs than the cell's cores (counted per node)
+        undersubscribed=len({(view["host"], cpu) for view in result["executors"]
+                             for cpu in view["cpus_allowed"]}) < args.cores,
+        # no other dlscale cell held a CPU of this node while it ran (dlscale.neighbours)
+        exclusive=not overlapping,
+        overlapping_cells=overlapping,
         threads={
             "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
             "spark.executor.cores": int(spark_conf["spark.executor.cores"]),

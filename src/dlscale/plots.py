@@ -28,7 +28,7 @@ from dlscale.aggregate import (
     core_counts,
     group_tables,
     load_reference,
-    oversubscription_warnings,
+    condition_warnings,
 )
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,9 @@ def _per_size_figure(cells: pd.DataFrame, dataset: str, grid: Grid | None, title
     sizes, cores = _axis_values(grid)
     fig, axes = _new_figure(max(len(groups), 1), len(paths.PHASES))
     warning = (
-        "\nwarning: some cells had fewer CPUs than cores (see the tables)" if oversubscription_warnings(cells) else ""
+        "\nwarning: some cells were oversubscribed, undersubscribed or not alone on their node (see the tables)"
+        if condition_warnings(cells)
+        else ""
     )
     host = host_label(cells)
     on_host = "" if host == UNKNOWN_HOST else f", host {host}"

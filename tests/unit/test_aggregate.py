@@ -253,7 +253,35 @@ def test_oversubscribed_cells_are_flagged_in_the_markdown(tmp_path: Path) -> Non
     write_metrics(tmp_path, crowded)
     aggregate(GRID, tmp_path / "t", workdir=tmp_path)
     md = (tmp_path / "t" / "speedup_total_bigdl_strong.md").read_text()
-    assert "1 cell(s) had fewer CPUs than cores (4 cores)" in md
+    assert "1 cell(s) had fewer CPUs than cores (4 cores, oversubscribed)" in md
+
+
+def test_cells_that_were_not_alone_or_undersubscribed_are_flagged(tmp_path: Path) -> None:
+    write_grid(tmp_path)
+    aggregate(GRID, tmp_path / "clean", workdir=tmp_path)
+    clean = (tmp_path / "clean" / "speedup_train_bigdl_strong.md").read_text()
+    assert "**Warning:**" not in clean  # positive control: nothing to flag yet
+    shared = metrics_doc(100, 2, 1, 4.0)
+    shared.update(exclusive=False, overlapping_cells=["cell fashion-mnist bigdl strong n100/c1/r1 (pid 7)"])
+    write_metrics(tmp_path, shared)
+    starved = metrics_doc(100, 4, 1, 4.0)
+    starved.update(undersubscribed=True, exclusive=True, overlapping_cells=[])
+    write_metrics(tmp_path, starved)
+    aggregate(GRID, tmp_path / "t", workdir=tmp_path)
+    md = (tmp_path / "t" / "speedup_train_bigdl_strong.md").read_text()
+    assert "1 cell(s) shared their node with another cell while they ran (2 cores, not exclusive)" in md
+    assert "1 cell(s) ran executors that could use fewer CPUs than the cell's cores (4 cores, undersubscribed)" in md
+    cells = pd.read_csv(tmp_path / "t" / "cells.csv")
+    assert "n100/c1/r1" in cells.loc[cells["cores"] == 2, "overlapping_cells"].iloc[0]
+
+
+def test_a_multinode_cell_is_not_oversubscribed_for_having_one_node_of_cpus(tmp_path: Path) -> None:
+    write_grid(tmp_path)
+    spanning = metrics_doc(100, 4, 1, 4.0)
+    spanning.update(cpus_allowed=[0, 1], cores_per_node=2, nodes=["n1", "n2"])
+    write_metrics(tmp_path, spanning)
+    aggregate(GRID, tmp_path / "t", workdir=tmp_path)
+    assert "**Warning:**" not in (tmp_path / "t" / "speedup_train_bigdl_strong.md").read_text()
 
 
 def test_runtime_table_refuses_mixed_groups(tmp_path: Path) -> None:
