@@ -4,6 +4,8 @@ partition -> one transient Spark cluster per cell -> tables and figures -> HTML 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -54,8 +56,11 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
     assert sorted((m["size"], m["cores"]) for m in metrics) == [(s, c) for s in SIZES for c in CORES]
     for m in metrics:
         assert m["dataset"] == "fashion-mnist"
-        assert len(m["cpus_allowed"]) <= m["cores"]
-        assert set(m["executor_cpus_allowed"]) <= set(m["cpus_allowed"])
+        # exactly its cores, and its executors used exactly those CPUs (the machine has 2)
+        assert len(m["cpus_allowed"]) == m["cores"] and not m["oversubscribed"] and not m["undersubscribed"]
+        assert set(m["executor_cpus_allowed"]) == set(m["cpus_allowed"])
+        # timed cells ran one at a time (measurement.exclusive defaults to true)
+        assert m["exclusive"] is True and m["overlapping_cells"] == []
         assert m["threads"]["OMP_NUM_THREADS"] == ["1"]
         assert m["versions"]["spark"] == "3.1.3" and m["versions"]["java"].startswith("11.")
         assert m["versions"]["python"].startswith("3.9.") and m["versions"]["bigdl"] == "2.4.0"
@@ -110,3 +115,30 @@ def test_rerun_does_nothing_and_keeps_results(study):
     assert "Nothing to be done" in proc.stdout + proc.stderr
     after = {p: p.read_bytes() for p in (study / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
     assert after == before
+
+
+def jobs_of(proc: subprocess.CompletedProcess) -> list[str]:
+    """The rules of the jobs a Snakemake run started, one item per job."""
+    return re.findall(r"^(?:local)?rule (\w+):$", proc.stdout + proc.stderr, flags=re.M)
+
+
+def test_a_forced_cell_runs_on_data_made_again_after_resources_was_deleted(study):
+    """`--forcerun train_cell` (here for one cell) after `resources/` was deleted: the data is made
+    again before the cell runs; a later plain run reruns no other cell, although the data is now
+    newer than every metrics.json."""
+    target = "results/cells/fashion-mnist/bigdl/strong/n256/c1/r1/metrics.json"
+    cells = sorted((study / "results" / "cells").rglob("metrics.json"))
+    others = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells if p != study / target}
+    assert len(others) == len(SIZES) * len(CORES) - 1
+    before = json.loads((study / target).read_text())
+    shutil.rmtree(study / "resources")
+    proc = snakemake(study, "--cores", "2", target, "--forcerun", "train_cell")
+    jobs = jobs_of(proc)
+    assert jobs.count("train_cell") == 1 and jobs.count("partition_test") == 1, jobs
+    assert jobs.count("partition_subset") == len(SIZES), jobs  # every subset: cells start after all of them
+    after = json.loads((study / target).read_text())
+    assert after["started_at"] > before["started_at"] and after["train_records"] == 256
+    assert len(list((study / "resources/fashion-mnist/subsets/n256").glob("part-*.parquet"))) == 4
+    rest = snakemake(study, "--cores", "2")
+    assert "train_cell" not in jobs_of(rest), jobs_of(rest)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in others} == others  # byte-identical, untouched

@@ -1,5 +1,6 @@
 """The study on a real Slurm: `snakemake --profile slurm`, one job per cell, a failed cell rerun
-alone, aggregation of a partial grid, and both sbatch wrappers.
+alone, aggregation of a partial grid, and both sbatch wrappers. The failed cell fails for real:
+the test SIGKILLs its Spark worker JVM from outside, in each of its two attempts.
 
 Runs against the local Slurm of tests/slurm/slurm-up.sh (skips without it, fails under
 DLSCALE_REQUIRE_SLURM=1). The node declares more CPUs than the machine has, and Slurm cannot
@@ -10,9 +11,15 @@ pin a job to a CPU that does not exist, so these runs keep at most 2 CPUs alloca
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +33,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZE = 256
 CELL = "results/cells/fashion-mnist/bigdl/strong/n{size}/c{cores}/r1/metrics.json"
-# Test overrides of the profile: the test node's partition, short small-job runtimes, fast polls.
+# Test overrides of the profile: the test node's partition and account (the rules carry their own
+# runtime and memory), fast polls of the profile's executor dlscale-slurm, one job at a time.
 PROFILE_OVERRIDES = [
-    "--default-resources", "slurm_partition=debug", "slurm_account=root", "runtime=10", "mem_mb=1500",
-    "--slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+    "--default-resources", "slurm_partition=debug", "slurm_account=root",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
 ]
 
 
@@ -39,6 +47,9 @@ def write_config(workdir: Path, cores: list[int]) -> Path:
         "grid": {"sizes": [SIZE], "cores": cores, "repetitions": 1},
         "training": {"test_size": 300},
         "partition": {"files": 2},
+        # Cells share the one test node (with the head job, too): whole-node jobs would get all
+        # 4 CPUs it declares on a 2-CPU machine (tests/slurm/README.md, quirk 1).
+        "measurement": {"exclusive": False},
     }
     path = workdir / "test-config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -65,24 +76,94 @@ def snapshot(workdir: Path) -> dict:
     return {p.relative_to(workdir): p.read_bytes() for p in (workdir / "results" / "cells").rglob("*") if p.is_file()}
 
 
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs the Spark worker JVM of every run of one cell of ``workdir`` (its Slurm job and the
+    retry's) once that run's executor is up, as the OOM killer or a failing node would: the
+    cell fails for real ('the Spark worker ... died')."""
+
+    def __init__(self, workdir: Path, cell: str) -> None:
+        super().__init__(daemon=True)
+        self.workdir, self.cell = workdir.resolve(), cell
+        self.killed: dict[int, int] = {}  # cell pid -> worker pid
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.scan()
+            except Exception as error:  # reported by the test
+                self.errors.append(repr(error))
+            time.sleep(0.25)
+
+    def scan(self) -> None:
+        children = defaultdict(list)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        children[int(handle.read().rsplit(")", 1)[1].split()[1])].append(int(entry))
+                except OSError:
+                    continue
+        for pid in [pid for pids in children.values() for pid in pids]:
+            command = cmdline(pid)
+            if ("-m dlscale.cell " not in command or f"--out {self.cell} " not in command or pid in self.killed
+                    or os.path.realpath(f"/proc/{pid}/cwd") != str(self.workdir)):
+                continue
+            tree, stack = [], [pid]
+            while stack:
+                below = children[stack.pop()]
+                tree += below
+                stack += below
+            commands = {child: cmdline(child) for child in tree}
+            workers = [child for child, cmd in commands.items() if "org.apache.spark.deploy.worker.Worker" in cmd]
+            if workers and any("CoarseGrainedExecutorBackend" in cmd for cmd in commands.values()):
+                os.kill(workers[0], signal.SIGKILL)
+                self.killed[pid] = workers[0]
+
+    def __enter__(self) -> "WorkerKiller":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.halt.set()
+        self.join(10)
+
+
 @pytest.fixture(scope="module")
 def failed_study(cluster, tmp_path_factory):
-    """The grid c1 + c2 with the c2 cell made to fail on purpose (test-only fault switch)."""
+    """The grid c1 + c2; the c2 cell fails for real in both its attempts (the first and the
+    profile's retry): its Spark worker JVM is SIGKILLed from outside once its executor runs."""
     wait_node_empty(cluster)
     workdir = tmp_path_factory.mktemp("slurm-study")
     write_config(workdir, [1, 2])
-    proc = profile_run(workdir, env=login_node_env(DLSCALE_FAIL_CELLS=f"n{SIZE}/c2/r1"))
-    return workdir, proc
+    with WorkerKiller(workdir, CELL.format(size=SIZE, cores=2)) as killer:
+        proc = profile_run(workdir)
+    assert not killer.errors, killer.errors
+    return workdir, proc, killer.killed
 
 
 def test_one_failed_cell_does_not_stop_the_others(failed_study):
-    workdir, proc = failed_study
+    workdir, proc, killed = failed_study
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, "the study with a failing cell must fail"
     assert (workdir / CELL.format(size=SIZE, cores=1)).exists(), log[-3000:]
     assert not (workdir / CELL.format(size=SIZE, cores=2)).exists()
+    assert len(killed) == 2, f"the worker of each attempt of c2 was to be killed: {killed}\n{log[-3000:]}"
     cell_log = (workdir / f"results/logs/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r1.log").read_text()
-    assert "fault injected" in cell_log
+    # the log of the last attempt: its worker died, the cell failed with its teardown
+    last_worker = list(killed.values())[-1]
+    assert re.search(r"FAILED: the Spark worker on %s \(pid %d\) died \(killed by SIGKILL\) while the trainer ran"
+                     % (re.escape(socket.gethostname()), last_worker), cell_log), cell_log[-3000:]
+    assert "cluster stopped in" in cell_log
     jobs = cell_jobs(run_id(proc), 3)
     states = sorted(r["State"] for r in jobs)
     # c1 completed; c2 failed on its first attempt and on the profile's one retry
@@ -90,7 +171,7 @@ def test_one_failed_cell_does_not_stop_the_others(failed_study):
 
 
 def test_every_cell_ran_as_its_own_slurm_job(failed_study):
-    workdir, proc = failed_study
+    workdir, proc, _ = failed_study
     metrics = json.loads((workdir / CELL.format(size=SIZE, cores=1)).read_text())
     jobs = {r["JobID"]: r for r in cell_jobs(run_id(proc), 3)}
     assert metrics["slurm_job_id"] in jobs
@@ -101,7 +182,7 @@ def test_every_cell_ran_as_its_own_slurm_job(failed_study):
 
 
 def test_partial_aggregation_marks_and_lists_missing_cells(failed_study):
-    workdir, _ = failed_study
+    workdir, _, _ = failed_study
     proc = profile_run(workdir, str(REPO / "config" / "partial.yaml"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     jobs = sacct_rows(["--name", run_id(proc)], "JobID,Comment,State,AllocCPUS", 2, timeout=120)
@@ -115,10 +196,10 @@ def test_partial_aggregation_marks_and_lists_missing_cells(failed_study):
 
 
 def test_rerun_runs_only_the_failed_cell_and_keeps_the_others(failed_study, cluster):
-    workdir, _ = failed_study
+    workdir, _, _ = failed_study
     wait_node_empty(cluster)
     before = snapshot(workdir)
-    proc = profile_run(workdir)  # the same command, the fault gone
+    proc = profile_run(workdir)  # the same command, nobody killing its worker
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     jobs = cell_jobs(run_id(proc), 1)
@@ -135,7 +216,7 @@ def test_rerun_runs_only_the_failed_cell_and_keeps_the_others(failed_study, clus
 
 def prepared_workdir(failed_study, tmp_path: Path) -> Path:
     """A new study of one 1-core cell that reuses the prepared data (mtimes kept)."""
-    source, _ = failed_study
+    source = failed_study[0]
     workdir = tmp_path / "study"
     workdir.mkdir()
     shutil.copytree(source / "resources", workdir / "resources")

@@ -18,10 +18,12 @@ rule train_cell:
     resources:
         # Slurm: one task with `cores` CPUs on one node (the jobstep plugin wraps it in srun -n1).
         cpus_per_task=cell_cpus_per_node,
-        # `--resources timed_cell=1` (slurm/allocation.sbatch) runs the cells one at a time.
-        timed_cell=1,
+        # One timed_cell is allowed at a time (the local profile, slurm/allocation.sbatch):
+        # cells run one after the other unless measurement.exclusive is false.
+        timed_cell=TIMED_CELL,
         mem_mb=cell_mem_mb,
         runtime=cell_runtime,
+        slurm_extra=CELL_SLURM_EXTRA,
     params:
         python=trainer_python(),
         training=config["training"],
@@ -63,9 +65,10 @@ use rule train_cell as train_cell_multinode with:
         tasks=cell_nodes,
         cpus_per_task=cell_cpus_per_node,
         mpi="srun",
-        timed_cell=1,
+        timed_cell=TIMED_CELL,
         mem_mb=cell_mem_mb,
         runtime=cell_runtime,
+        slurm_extra=CELL_SLURM_EXTRA,
 
 
 rule train_cell_torch:
@@ -87,9 +90,10 @@ rule train_cell_torch:
     resources:
         # One node: a PyTorch cell does not span nodes (more cores than a node has: oversubscribed).
         cpus_per_task=cell_cpus_per_node,
-        timed_cell=1,
+        timed_cell=TIMED_CELL,
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=cell_runtime,
+        slurm_extra=CELL_SLURM_EXTRA,
     params:
         python=torch_python(),
         training=config["training"],

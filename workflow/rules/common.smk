@@ -123,12 +123,22 @@ TABLE_SETTINGS = settings_stamp(
 
 
 def cell_inputs(backend=None):
-    """Input function of a cell rule: its data, or nothing once its metrics.json exists.
+    """Input function of a cell rule: its data, or nothing once its metrics.json exists, unless
+    the cell is forced.
 
     A completed cell then depends on nothing, so no later change upstream (a grid that grows,
     subsets made again, resources/ deleted) reruns it: it is rewritten only when asked (delete
-    its metrics.json, or --forcerun it; README, "Failure handling"). The shell command takes
-    the data folders from params, so a forced rerun still finds them."""
+    its metrics.json, or --forcerun it; README, "Failure handling"). A forced cell (its rule or
+    its metrics.json in --forcerun, --forceall, --forcetargets: Snakemake's own sets of forced
+    rules and files) keeps its data as inputs, so data deleted since is made again first."""
+
+    def forced(metrics):
+        dag = workflow.dag  # built before the jobs whose input functions it calls
+        if dag is None:
+            return False
+        return any(str(f) == metrics for f in dag.forcefiles) or any(
+            forced_rule.is_producer(metrics) for forced_rule in dag.forcerules
+        )
 
     def inputs(wildcards):
         cell = paths.cell_dir(
@@ -139,7 +149,8 @@ def cell_inputs(backend=None):
             wildcards.cores,
             wildcards.rep,
         )
-        if os.path.exists(f"{cell}/metrics.json"):
+        metrics = f"{cell}/metrics.json"
+        if os.path.exists(metrics) and not forced(metrics):
             return {}
         return dict(
             train=paths.subset_dir(wildcards.dataset, int(wildcards.size)),
@@ -280,6 +291,37 @@ def figure_files():
 
 # --- Slurm resources of a cell (the local executor uses only threads) ------------------------
 CORES_PER_NODE = config["slurm"]["cores_per_node"]
+
+# The rules carry these themselves: `--default-resources` on the command line replaces the
+# profile's whole default-resources (README, Running on a Slurm cluster), so the profile keeps
+# only the partition and the account there, and nothing the study needs can be lost with them.
+# Walltime warning of every cell rule: Slurm sends SIGUSR1 120 s before the walltime; a BigDL
+# cell traps it and tears its Spark cluster down, a PyTorch cell releases its CPUs, and both
+# exit with a FAILED line. The small jobs do not trap it (it would only end them 120 s early).
+WALLTIME_WARNING = "--signal=USR1@120"
+# measurement.exclusive (default true): every timed cell alone on its node. Locally each cell
+# holds the one timed_cell the profiles allow; under Slurm it asks for whole nodes.
+EXCLUSIVE = config["measurement"]["exclusive"]
+TIMED_CELL = 1 if EXCLUSIVE else 0
+CELL_SLURM_EXTRA = WALLTIME_WARNING + (" --exclusive" if EXCLUSIVE else "")
+# Data preparation, tables and plots: minutes, MB.
+SMALL_JOB_RESOURCES = dict(runtime=30, mem_mb=4000)
+
+
+def warn_about_default_slurm_extra():
+    """A slurm_extra in default-resources is overridden by the cell rules' own (the walltime
+    warning): say so rather than drop it silently."""
+    defaults = workflow.resource_settings.default_resources or {}
+    if workflow.is_main_process and "slurm_extra" in defaults:
+        logger.warning(
+            "slurm_extra in --default-resources (or the profile's default-resources) is "
+            f"replaced in the cells by their own ({WALLTIME_WARNING!r}). For more sbatch "
+            "options use --dlscale-slurm-qos / --dlscale-slurm-reservation, or "
+            f"--set-resources train_cell:slurm_extra=\"'{WALLTIME_WARNING} <options>'\"."
+        )
+
+
+warn_about_default_slurm_extra()
 
 
 def cell_nodes(wildcards):
