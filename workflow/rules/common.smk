@@ -130,7 +130,8 @@ def cell_inputs(backend=None):
     subsets made again, resources/ deleted) reruns it: it is rewritten only when asked (delete
     its metrics.json, or --forcerun it; README, "Failure handling"). A forced cell (its rule or
     its metrics.json in --forcerun, --forceall, --forcetargets: Snakemake's own sets of forced
-    rules and files) keeps its data as inputs, so data deleted since is made again first."""
+    rules and files) keeps its data as inputs, so data deleted since is made again first.
+    """
 
     def forced(metrics):
         dag = workflow.dag  # built before the jobs whose input functions it calls
