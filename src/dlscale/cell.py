@@ -51,7 +51,10 @@ class Terminated(BaseException):
     teardown in ``finally`` blocks runs. BaseException: no ``except Exception`` swallows it."""
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGHUP: the terminal or session that started the cell closed (a dropped ssh connection: the shell
+# passes SIGHUP on to its jobs). Not when the cell was started with SIGHUP ignored (nohup): it stays so.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) + (
+    () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,))
 _stop_reason: Dict[str, str] = {}  # set by the exit-with-parent watchdog before it signals us
 
 
@@ -345,8 +348,6 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     }
     command = cluster.submit_command(trainer_app, app_args, conf)
     env = cluster.driver_env()
-    if cell_id(args) in os.environ.get(TRAINER_FAULT_VAR, "").split(","):  # tests only
-        env["DLSCALE_FAULT"] = "trainer-error"
     log.info("spark-submit %s", " ".join(command[1:]))
     sys.stderr.flush()
     # cwd: BigDL writes bigdl.log into the driver's working directory, which must not be shared.
@@ -374,23 +375,7 @@ def cell_id(args: argparse.Namespace) -> str:
     return "n%d/c%d/r%d" % (args.size, args.cores, args.repetition)
 
 
-# Test-only fault switch: a comma-separated list of cell ids ("n256/c2/r1") that fail at once.
-# Used by the rerun tests to make one cell fail while the others complete.
-FAIL_CELLS_VAR = "DLSCALE_FAIL_CELLS"
-
-
-# Test-only: cell ids whose trainer fails after loading its data, with its executors running
-# (sets the trainer's DLSCALE_FAULT=trainer-error; tests/integration/test_faults.py).
-TRAINER_FAULT_VAR = "DLSCALE_TRAINER_FAULT_CELLS"
-
-
-def check_injected_fault(args: argparse.Namespace) -> None:
-    if cell_id(args) in os.environ.get(FAIL_CELLS_VAR, "").split(","):
-        raise CellError("fault injected by %s for cell %s (tests only)" % (FAIL_CELLS_VAR, cell_id(args)))
-
-
 def run_cell(args: argparse.Namespace) -> dict:
-    check_injected_fault(args)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.time()
     nodes = allocation_nodes(args.cores, args.cores_per_node)

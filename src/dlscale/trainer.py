@@ -141,8 +141,6 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     train_rdd, train_records = load_samples(spark, args.train_dir, args.cores)
     test_rdd, test_records = load_samples(spark, args.test_dir, args.cores)
     timings["data_load"] = time.time() - tick
-    if os.environ.get("DLSCALE_FAULT") == "trainer-error":  # test-only fault switch (tests/integration/test_faults.py)
-        raise RuntimeError("DLSCALE_FAULT=trainer-error: injected trainer failure, executors running")
 
     model = build_model()
     model.set_seed(args.seed)

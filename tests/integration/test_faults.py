@@ -4,19 +4,31 @@ its log, nothing of its transient Spark cluster keeps running (checked by the ce
 by its cluster tag and by command line), its scratch is gone, its ports are free, no metrics.json
 is written; and running the same command again then completes the cells.
 
-One study (fashion-mnist, sizes 256 and 512 then 1024, one core each, two cells at a time):
+Every fault comes from outside the cell, as it would in production: a signal, a killed JVM, a
+closed terminal, a damaged file. One study (fashion-mnist, sizes 256 and 512 then 1024, one core
+each, two cells at a time):
 
-1. n256: the trainer fails after loading its data (DLSCALE_TRAINER_FAULT_CELLS);
-   n512: the cell is SIGKILLed mid-training (no teardown code runs: the kernel's parent-death
-   signal must still take its daemons down; its scratch stays until the next cell sweeps it).
+1. n256: the trainer's driver JVM (SparkSubmit) is SIGKILLed once both data sets are loaded, its
+   executor running (as the OOM killer would); n512: the cell is SIGKILLed mid-training (no
+   teardown code runs: the kernel's parent-death signal must still take its daemons down; its
+   scratch stays until the next cell sweeps it).
 2. n256: SIGTERM mid-training (what scancel and the walltime send), then more SIGTERMs during
    the teardown; n512: its Spark worker JVM is SIGKILLed mid-training.
-3. the same command again: both cells succeed side by side (no shared ports, scratch, log or
+3. n256: SIGINT (Ctrl-C), n512: SIGUSR1 (the walltime warning), each the first signal the cell
+   gets, once its executor runs: the same teardown as SIGTERM.
+4. n256 started by hand in an interactive shell on a terminal that closes, as a dropped ssh
+   session does (the shell passes SIGHUP on to its jobs): the same teardown. n512 (through
+   Snakemake) reads a Parquet part cut in half: Spark's own error fails the trainer, and the
+   executor's log tail in the cell's log shows it. The part is restored afterwards.
+5. the same command again: both cells succeed side by side (no shared ports, scratch, log or
    CPU: the collision test of the local executor).
-4. the whole study: the n1024 cell starts; Snakemake is SIGKILLed mid-training; the orphaned cell
+6. the whole study: the n1024 cell starts; Snakemake is SIGKILLed mid-training; the orphaned cell
    stops itself; the same command again finishes the study, the earlier cells byte-identical.
-5. later runs never rewrite a completed cell: not when settings change, not when the data is
+7. later runs never rewrite a completed cell: not when settings change, not when the data is
    prepared again, not when the grid grows; only when asked (--forcerun / deleting metrics.json).
+
+A cell started with SIGHUP ignored (nohup) keeps running when its terminal closes (no cluster:
+it waits for CPUs the test holds).
 
 The Slurm variant (two cells as two Slurm jobs on the one test node) runs against the local Slurm
 of tests/slurm/slurm-up.sh and skips when no controller answers, unless DLSCALE_REQUIRE_SLURM=1.
@@ -24,9 +36,12 @@ of tests/slurm/slurm-up.sh and skips when no controller answers, unless DLSCALE_
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -297,6 +312,14 @@ def executors_up(run: CellRun) -> bool:
     return bool(run.find("CoarseGrainedExecutorBackend"))
 
 
+DATA_LOADED = re.compile(r"dlscale\.trainer: \S+: \d+ records in \d+ partitions")  # one line per data set
+
+
+def data_loaded(run: CellRun) -> bool:
+    """The trainer has read the training and the test set (cached by its executor)."""
+    return len(DATA_LOADED.findall(run.log_text())) >= 2
+
+
 # --- the faults --------------------------------------------------------------------------------
 def kill_cell(run: CellRun) -> None:
     os.kill(run.pid, signal.SIGKILL)
@@ -326,6 +349,86 @@ def kill_worker(run: CellRun) -> None:
     assert workers, f"no worker JVM among {sorted(run.seen)}"
     os.kill(workers[0], signal.SIGKILL)
     run.done.append("SIGKILL worker %d" % workers[0])
+
+
+def kill_driver(run: CellRun) -> None:
+    """SIGKILL the driver JVM (spark-submit's SparkSubmit; not the launcher JVM that built its
+    command line) that runs the trainer's SparkContext."""
+    drivers = [pid for pid in run.find(r"java .*org\.apache\.spark\.deploy\.SparkSubmit ")
+               if "org.apache.spark.launcher.Main" not in run.seen[pid][1] and still_running({pid: run.seen[pid]})]
+    assert len(drivers) == 1, f"expected one driver JVM: {[(pid, run.seen[pid][1][:200]) for pid in drivers]}"
+    os.kill(drivers[0], signal.SIGKILL)
+    run.done.append("SIGKILL driver %d" % drivers[0])
+
+
+def send(signum: signal.Signals) -> Callable[[CellRun], None]:
+    def action(run: CellRun) -> None:
+        os.kill(run.pid, signum)
+        run.done.append(signum.name)
+
+    return action
+
+
+class Terminal:
+    """An interactive bash on a pseudo-terminal of its own (its controlling terminal), as in an ssh
+    session. ``hang_up`` closes the terminal as a dropped connection does: the kernel sends the
+    shell SIGHUP, and the shell passes it on to its jobs before it exits."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        self.shell = subprocess.Popen(["setsid", "--ctty", "bash", "--norc", "--noprofile", "-i"], stdin=slave,
+                                      stdout=slave, stderr=slave, cwd=cwd, env={**env, "PS1": "$ "})
+        os.close(slave)
+        self.screen = bytearray()
+        self.halt = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        # Never a blocking read: a read in progress keeps the terminal open after close().
+        while not self.halt.is_set():
+            if select.select([self.master], [], [], 0.2)[0]:
+                try:
+                    self.screen += os.read(self.master, 4096)
+                except OSError:
+                    return
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def hang_up(self) -> int:
+        """Close the terminal; the shell's exit status (-SIGHUP: the hangup reached it)."""
+        if not self.halt.is_set():
+            self.halt.set()
+            self.reader.join()
+            os.close(self.master)
+        return self.shell.wait(60)
+
+
+def cell_command(python: str, size: int, out: Path, log: Path) -> str:
+    """The command line of a 1-core cell, as the train_cell rule runs it (without Snakemake)."""
+    return (f"{python} -m dlscale.cell --dataset {DATASET} --size {size} --cores 1 --repetition 1 "
+            f"--train-dir resources/{DATASET}/subsets/n{size} --test-dir resources/{DATASET}/test --out {out} "
+            f"--executor-memory 1g --driver-memory 1g --worker-memory 1g > {log} 2>&1")
+
+
+def failed_lines(log: str) -> list[str]:
+    """What the cell's FAILED lines say, one item per line."""
+    return re.findall(r"dlscale\.cell ERROR cell \S+ n\d+ c\d+ r\d+ FAILED: (.*?)\. Its Spark cluster was stopped", log)
+
+
+def executor_log_tails(log: str) -> list[str]:
+    """The tails of the executors' stderr that the cell copied into its log (dlscale.cell.show_logs;
+    their files went with its scratch), each without its header and the cell's own lines after it."""
+    parts = re.split(r"^----- last \d+ lines of (\S+) -----\n", log, flags=re.M)
+    tails = []
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if re.fullmatch(r"work/app-[^/]+/\d+/stderr", name):
+            tails.append(re.split(r"^\S+ \S+ dlscale\.cell ", body, maxsplit=1, flags=re.M)[0])
+    return tails
+
+
+STOPPED_BY = "received {} (scancel, the walltime, Ctrl-C or a stopped workflow)"
 
 
 # --- the study ---------------------------------------------------------------------------------
@@ -376,7 +479,6 @@ def study(tmp_path_factory, trainer_python) -> Study:
     scratch.mkdir()
     # Private CPU claims and scratch: other cells on this machine neither block nor see ours.
     env = {**os.environ, "DLSCALE_SCRATCH": str(scratch), "DLSCALE_CPU_LOCK_DIR": str(workdir / "cpu-locks")}
-    env.pop("DLSCALE_TRAINER_FAULT_CELLS", None)
     made = Study(workdir, env, scratch)
     data = [f"resources/{DATASET}/subsets/n{size}" for size in (SMALL, OTHER, BIG)] + [f"resources/{DATASET}/test"]
     proc = made.snakemake(*data)
@@ -439,29 +541,32 @@ def assert_no_metrics(study: Study, size: int) -> None:
     assert not folder.exists() or list(folder.iterdir()) == [], list(folder.iterdir())
 
 
-# --- 1. trainer error and SIGKILL of a cell ----------------------------------------------------
+# --- 1. a dead driver JVM and SIGKILL of a cell -----------------------------------------------
 @pytest.fixture(scope="module")
 def first_faults(study):
     proc, cells = run_with_faults(
         study,
-        {OTHER: (training, kill_cell)},
+        {SMALL: (data_loaded, kill_driver), OTHER: (training, kill_cell)},
         *cell_targets(study),
-        extra_env={"DLSCALE_TRAINER_FAULT_CELLS": f"n{SMALL}/c1/r1"},
     )
     return proc, cells
 
 
-def test_trainer_error_fails_the_cell_clearly_and_leaves_nothing(study, first_faults):
+def test_a_dead_driver_fails_the_cell_clearly_and_leaves_nothing(study, first_faults):
     proc, cells = first_faults
     assert proc.returncode != 0
     run = cells[SMALL]
+    assert len(run.done) == 1 and run.done[0].startswith("SIGKILL driver"), run.done
     log = run.log_text()
-    assert "DLSCALE_FAULT=trainer-error: injected trainer failure" in log
-    assert re.search(r"FAILED: the trainer failed \(spark-submit exit code 1\).*no metrics were written; "
-                     r"rerun the workflow", log)
-    # the daemons' logs outlive the scratch (dlscale.cluster names each worker after its node)
+    assert executors_up(run) and len(DATA_LOADED.findall(log)) == 2  # killed after the data load
+    assert failed_lines(log) == ["the trainer failed (spark-submit exit code -9); its output is above"], log[-3000:]
+    assert re.search(r"FAILED: the trainer failed .*no metrics were written; rerun the workflow", log)
+    # the daemons' and the executor's logs outlive the scratch (dlscale.cluster names each worker
+    # after its node)
     assert "----- last" in log and f"logs/worker-on-{socket.gethostname()}.log" in log, log[-3000:]
-    assert_nothing_left(run)
+    tails = executor_log_tails(log)
+    assert len(tails) == 1 and tails[0].strip(), log[-5000:]
+    assert_nothing_left(run)  # also the trainer's Python, orphaned by its JVM
     assert_no_metrics(study, SMALL)
     # Snakemake shows the user which cell failed and its log
     assert "Error in rule train_cell" in output(proc) and str(run.log.relative_to(study.workdir)) in output(proc)
@@ -519,9 +624,164 @@ def test_the_next_cell_removes_the_scratch_of_a_killed_one(study, first_faults, 
         run.log_text() for run in second_faults[1].values())
 
 
-# --- 3. the same command again: both succeed, side by side -------------------------------------
+# --- 3. SIGINT and SIGUSR1 as the first signal ------------------------------------------------
 @pytest.fixture(scope="module")
-def retried(study, second_faults):
+def signal_faults(study, second_faults):
+    return run_with_faults(
+        study,
+        {SMALL: (executors_up, send(signal.SIGINT)), OTHER: (executors_up, send(signal.SIGUSR1))},
+        *cell_targets(study),
+    )
+
+
+@pytest.mark.parametrize("size, name", [(SMALL, "SIGINT"), (OTHER, "SIGUSR1")])
+def test_sigint_or_sigusr1_first_stops_the_cell_like_sigterm(study, signal_faults, size, name):
+    proc, cells = signal_faults
+    assert proc.returncode != 0
+    run = cells[size]
+    assert run.done == [name]
+    log = run.log_text()
+    assert failed_lines(log) == [STOPPED_BY.format(name)], log[-3000:]
+    assert "cluster stopped in" in log
+    assert_nothing_left(run)
+    assert_no_metrics(study, size)
+
+
+# --- 4. a closed terminal (SIGHUP), and a damaged Parquet part --------------------------------
+@pytest.fixture(scope="module")
+def hangup_faults(study, signal_faults, trainer_python):
+    """n256 by hand in a terminal that closes once its executor runs; meanwhile n512 through
+    Snakemake on a Parquet part cut in half."""
+    part = sorted((study.workdir / f"resources/{DATASET}/subsets/n{OTHER}").glob("part-*.parquet"))[0]
+    original, stat = part.read_bytes(), part.stat()
+    terminal = Terminal(study.workdir, {**study.env, "PYTHONPATH": str(REPO / "src")})
+    shell_status = []
+
+    def hang_up(run: CellRun) -> None:
+        shell_status.append(terminal.hang_up())
+        run.done.append("terminal closed")
+
+    try:
+        with Watcher(study.workdir, {SMALL: (executors_up, hang_up)}) as watcher:
+            log = watcher.cell_log(SMALL)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            terminal.type(cell_command(trainer_python, SMALL, study.metrics(SMALL), log))
+            with open(part, "r+b") as handle:
+                handle.truncate(len(original) // 2)
+            proc = study.snakemake(cell_targets(study)[1])
+
+            def hung_up_and_gone() -> bool:  # the hand-started cell
+                run = watcher.cells.get(SMALL)
+                return bool(run and run.done and not still_running({run.pid: run.seen[run.pid]}))
+
+            assert wait_until(hung_up_and_gone, 900), \
+                f"the terminal's cell never ran or never stopped: {bytes(terminal.screen)[-2000:]!r}"
+        assert not watcher.errors, watcher.errors
+    finally:
+        terminal.hang_up()
+        part.write_bytes(original)
+        os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    for run in watcher.cells.values():
+        run.freeze()
+    return proc, watcher.cells, shell_status
+
+
+def test_a_closed_terminal_stops_the_cell_like_sigterm(study, hangup_faults):
+    _, cells, shell_status = hangup_faults
+    run = cells[SMALL]
+    assert run.done == ["terminal closed"] and shell_status == [-signal.SIGHUP], (run.done, shell_status)
+    log = run.log_text()
+    assert failed_lines(log) == [STOPPED_BY.format("SIGHUP")], log[-3000:]
+    assert "cluster stopped in" in log
+    assert_nothing_left(run)
+    assert_no_metrics(study, SMALL)
+
+
+def test_a_damaged_parquet_part_fails_the_trainer_with_sparks_error_and_the_executors_log(study, hangup_faults):
+    proc, cells, _ = hangup_faults
+    assert proc.returncode != 0
+    run = cells[OTHER]
+    log = run.log_text()
+    assert failed_lines(log) == ["the trainer failed (spark-submit exit code 1); its output is above"], log[-3000:]
+    assert "Traceback (most recent call last)" in log and "Py4JJavaError" in log  # the trainer's own error
+    # the tail of the stderr of the executor that read the part is in the cell's log: the
+    # tracebacks of its Python workers, whose input stream broke off at the damaged part
+    tails = executor_log_tails(log)
+    assert len(tails) == 1 and "pyspark/worker.py" in tails[0], tails or log[-5000:]
+    assert_nothing_left(run)
+    assert_no_metrics(study, OTHER)
+    assert "Error in rule train_cell" in output(proc) and str(run.log.relative_to(study.workdir)) in output(proc)
+
+
+def held_signals(pid: int, field: str) -> int:
+    """The signal mask ``field`` (SigIgn, SigCgt) of process ``pid``, from /proc."""
+    for line in read_proc(pid, "status").decode().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def has(mask: int, signum: signal.Signals) -> bool:
+    return bool(mask >> (signum - 1) & 1)
+
+
+def test_a_closed_terminal_does_not_stop_a_cell_started_with_nohup(tmp_path, trainer_python):
+    """Two cells from one terminal, one under nohup, both waiting for CPUs the test holds (no
+    cluster starts): the terminal closes; the plain one stops (SIGHUP), the nohup one goes on
+    waiting until it gets SIGTERM (if it had taken the earlier SIGHUP, its FAILED line would
+    name SIGHUP)."""
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    held = []
+    for cpu in sorted(os.sched_getaffinity(0)):
+        fd = os.open(locks / f"cpu{cpu}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fd)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DLSCALE_CPU_LOCK_DIR": str(locks),
+           "DLSCALE_SCRATCH": str(tmp_path)}
+    terminal = Terminal(tmp_path, env)
+    cells: dict[str, int] = {}
+    try:
+        # the nohup one in the background, the plain one in the foreground: the shell waits for it
+        # (an idle shell at its prompt may read the hangup as end of input and exit without
+        # passing SIGHUP on to its background jobs)
+        for name, before, after in (("nohup", "nohup ", " &"), ("plain", "", "")):
+            command = cell_command(trainer_python, SMALL, tmp_path / name / "metrics.json", tmp_path / f"{name}.log")
+            terminal.type(f"{before}{command}{after}")
+
+        def started() -> bool:
+            for pid in proc_table():
+                match = re.search(r"-m dlscale\.cell .*--out \S+/(nohup|plain)/metrics\.json", cmdline(pid))
+                if match and str(tmp_path) in cmdline(pid):
+                    cells[match.group(1)] = pid
+            # its signal handlers are in place (dlscale.cell.main)
+            return len(cells) == 2 and all(has(held_signals(pid, "SigCgt"), signal.SIGTERM) for pid in cells.values())
+
+        assert wait_until(started, 120), (cells, bytes(terminal.screen)[-2000:])
+        assert has(held_signals(cells["nohup"], "SigIgn"), signal.SIGHUP)
+        assert has(held_signals(cells["plain"], "SigCgt"), signal.SIGHUP)
+        assert terminal.hang_up() == -signal.SIGHUP
+        table = proc_table()
+        seen = {name: {pid: (table[pid][1], "")} for name, pid in cells.items()}  # pid -> (start, cmdline)
+        assert wait_until(lambda: not still_running(seen["plain"]), 60), "the plain cell did not stop"
+        assert still_running(seen["nohup"]), "the nohup cell stopped with its terminal"
+        os.kill(cells["nohup"], signal.SIGTERM)
+        assert wait_until(lambda: not still_running(seen["nohup"]), 60)
+    finally:
+        terminal.hang_up()
+        for pid in cells.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for fd in held:
+            os.close(fd)
+    assert failed_lines((tmp_path / "plain.log").read_text()) == [STOPPED_BY.format("SIGHUP")]
+    assert failed_lines((tmp_path / "nohup.log").read_text()) == [STOPPED_BY.format("SIGTERM")]
+    assert not (tmp_path / "plain").exists() and not (tmp_path / "nohup").exists()
+
+
+# --- 5. the same command again: both succeed, side by side -------------------------------------
+@pytest.fixture(scope="module")
+def retried(study, hangup_faults):
     proc, cells = run_with_faults(study, {}, *cell_targets(study))
     assert proc.returncode == 0, output(proc)[-4000:]
     return proc, cells
@@ -563,7 +823,7 @@ def test_web_uis_and_every_port_of_a_cell_are_on_loopback(retried):
         assert len(run.listen) >= 6, run.listen
 
 
-# --- 4. SIGKILL to Snakemake mid-study, then the same command ----------------------------------
+# --- 6. SIGKILL to Snakemake mid-study, then the same command ----------------------------------
 @pytest.fixture(scope="module")
 def killed_study(study, retried):
     before = {size: (study.metrics(size).read_bytes(), study.metrics(size).stat().st_mtime_ns)
@@ -614,7 +874,7 @@ def test_same_command_after_sigkill_finishes_the_study_keeping_completed_cells(s
     assert (study.workdir / "results" / "figures" / DATASET / "speedup.png").exists()
 
 
-# --- 5. later runs never rewrite a completed cell unless asked ---------------------------------
+# --- 7. later runs never rewrite a completed cell unless asked ---------------------------------
 def snapshot(study: Study) -> dict[int, tuple[bytes, int]]:
     return {size: (study.metrics(size).read_bytes(), study.metrics(size).stat().st_mtime_ns)
             for size in (SMALL, OTHER, BIG)}
