@@ -515,13 +515,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def start_cell_process(with_parent: bool = False) -> None:
+    """How every process of a cell starts (the cell, dlscale.node_worker, the PyTorch peer): log
+    to stderr, the first stop signal raises Terminated so that teardown runs, and with
+    ``with_parent`` stop when the process that started it dies (``exit_with_parent``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args(argv)
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_terminated)
-    if args.exit_with_parent:
+    if with_parent:
         exit_with_parent()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    start_cell_process(args.exit_with_parent)
     try:
         metrics = run_cell(args)
         write_json_atomically(args.out, metrics)

@@ -28,7 +28,7 @@ import socket
 import sys
 from typing import List, Optional
 
-from dlscale.cell import STOP_SIGNALS, Terminated, _raise_terminated, claimed_cpus, private_scratch
+from dlscale.cell import Terminated, claimed_cpus, private_scratch, start_cell_process
 from dlscale.cluster import (CLUSTER_TAG_VAR, SparkInstall, daemon_env, kill_tagged, node_address, spark_class,
                              spawn_daemon, worker_argv, write_private_files)
 
@@ -95,10 +95,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_terminated)
+    start_cell_process()
     try:
         return run_worker(args)
     except Terminated as stop:

@@ -35,7 +35,6 @@ import glob
 import logging
 import os
 import platform
-import signal
 import socket
 import sys
 import time
@@ -43,14 +42,12 @@ from typing import List, Optional, Tuple
 
 from dlscale import hoststat
 from dlscale.cell import (
-    STOP_SIGNALS,
     Terminated,
-    _raise_terminated,
     claimed_cpus,
-    exit_with_parent,
     global_batch,
     metrics_record,
     parse_args,
+    start_cell_process,
     write_json_atomically,
 )
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS
@@ -201,12 +198,8 @@ def run_cell(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_terminated)
-    if args.exit_with_parent:
-        exit_with_parent()
+    start_cell_process(args.exit_with_parent)
     try:
         metrics = run_cell(args)
         write_json_atomically(args.out, metrics)
