@@ -149,6 +149,7 @@ render() { # render TEMPLATE DEST MODE -> prints "changed" if DEST changed
     if cmp -s "$tmp" "$2"; then rm -f "$tmp"; else mv -f "$tmp" "$2" && echo changed; fi
 }
 render "$HERE/taskprolog.sh" "$MSTATE/etc/taskprolog.sh" 755 >/dev/null
+render "$HERE/epilog.sh" "$MSTATE/etc/epilog.sh" 755 >/dev/null
 conf_changed=$(render "$HERE/multinode.conf.in" "$MCONF" 644)
 if [[ -n $conf_changed ]]; then
     for pidfile in "$MSTATE"/run/slurmd-*.pid; do

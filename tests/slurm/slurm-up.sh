@@ -98,6 +98,7 @@ render() { # render TEMPLATE DEST MODE -> prints "changed" if DEST changed
 }
 dbd_changed=$(render "$HERE/slurmdbd.conf.in" "$STATE/etc/slurmdbd.conf" 600)
 conf_changed=$(render "$HERE/slurm.conf.in" "$STATE/etc/slurm.conf" 644)
+render "$HERE/epilog.sh" "$STATE/etc/epilog.sh" 755 >/dev/null
 # A changed config takes effect by restarting the daemons that read it.
 if [[ -n $dbd_changed ]]; then stop_daemon "$STATE/run/slurmdbd.pid" slurmdbd; fi
 if [[ -n $conf_changed ]]; then

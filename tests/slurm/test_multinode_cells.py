@@ -38,7 +38,9 @@ OVERRIDES = [
     "--slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
 ]
 N1, N2 = multi_node_names(2)
-SPARK_PROCESS = re.compile(r"java .*org\.apache\.spark|dlscale\.node_worker|pyspark\.daemon")
+# What a cell leaves if its teardown fails: JVMs, node workers, Python workers, and the in-job
+# Snakemake (the test clusters' Epilog kills a job's orphans, as cgroups would: tests/slurm/epilog.sh)
+SPARK_PROCESS = re.compile(r"java .*org\.apache\.spark|dlscale\.node_worker|pyspark\.daemon|-m snakemake ")
 
 
 def write_config(workdir: Path, repetitions: int = 1) -> Path:
