@@ -7,11 +7,19 @@
 # with the Snakemake jobstep process of a scancelled job, which survived as an orphan (it waits
 # for its running job on SIGTERM, its shell did not). proctrack/cgroup does this on a real cluster.
 [ -n "$SLURM_JOB_ID" ] && [ -n "$SLURM_CLUSTER_NAME" ] || exit 0
+# This script carries both variables too: it and its own children are left alone.
 for environ in /proc/[0-9]*/environ; do
     pid=${environ#/proc/}
     pid=${pid%/environ}
-    tr '\0' '\n' <"$environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$SLURM_JOB_ID" || continue
-    tr '\0' '\n' <"$environ" 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=$SLURM_CLUSTER_NAME" || continue
+    [ "$pid" = "$$" ] && continue
+    env=$( { tr '\0' '\n' <"$environ"; } 2>/dev/null) || continue
+    case $(printf '%s\n' "$env" | grep -x -e "SLURM_JOB_ID=$SLURM_JOB_ID" -e "SLURM_CLUSTER_NAME=$SLURM_CLUSTER_NAME" |
+        wc -l) in
+    2) ;;
+    *) continue ;;
+    esac
+    # the PPid of a child of this script is this script
+    [ "$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" = "$$" ] && continue
     kill -KILL "$pid" 2>/dev/null
 done
 exit 0

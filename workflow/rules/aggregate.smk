@@ -14,6 +14,8 @@ rule aggregate:
         f"results/logs/aggregate/{DATASET}.log",
     conda:
         "../../envs/driver.yaml"
+    resources:
+        **SMALL_JOB_RESOURCES,
     params:
         **grid_params(),
         allow_partial=config["aggregate"]["allow_partial"],
@@ -37,6 +39,8 @@ rule plot:
         f"results/logs/plot/{DATASET}.log",
     conda:
         "../../envs/driver.yaml"
+    resources:
+        **SMALL_JOB_RESOURCES,
     params:
         **grid_params(),
         reference_dir=PUBLISHED_DIR,

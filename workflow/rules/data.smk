@@ -5,6 +5,8 @@ rule download:
         "results/logs/download/{dataset}.log",
     conda:
         "../../envs/driver.yaml"
+    resources:
+        **SMALL_JOB_RESOURCES,
     params:
         dataset=lambda wc: wc.dataset,
         offline_dir=config["dataset"].get("dir"),
@@ -23,6 +25,8 @@ rule partition_subset:
         "results/logs/partition/{dataset}/n{size}.log",
     conda:
         "../../envs/driver.yaml"
+    resources:
+        **SMALL_JOB_RESOURCES,
     params:
         dataset=lambda wc: wc.dataset,
         size=lambda wc: int(wc.size),
@@ -44,6 +48,8 @@ rule partition_test:
         "results/logs/partition/{dataset}/test.log",
     conda:
         "../../envs/driver.yaml"
+    resources:
+        **SMALL_JOB_RESOURCES,
     params:
         dataset=lambda wc: wc.dataset,
         size=None,
