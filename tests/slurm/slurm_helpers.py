@@ -116,3 +116,259 @@ def processes_on_node(node: str) -> list[tuple[int, str]]:
         if cmdline:  # zombies and kernel threads have none
             found.append((int(entry.name), cmdline))
     return sorted(found)
+
+
+# --- Faults injected into a study run with `snakemake --profile slurm` (test_slurm_walltime.py,
+# test_slurm_requeue.py, test_head_wrapper.py) -------------------------------------------------
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+STUDY_SIZE = 256  # records of the one training-set size of these studies
+# The profile as a test runs it: the test node's partition and account, fast polls (the
+# executor's own option spelling), one job at a time (at most 2 real CPUs allocated).
+FAULT_STUDY_OVERRIDES = [
+    "--default-resources", "slurm_partition=debug", "slurm_account=root",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+]
+TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO
+_prepared_data: dict[str, Path] = {}  # one prepared workdir per test session
+
+
+def study_config(workdir: Path, cores: list[int], repetitions: int = 1, epochs: int = 1,
+                 exclusive: bool = False) -> Path:
+    """test-config.yaml of a tiny study on Fashion-MNIST (offline): one size, the given cores.
+    Cells share the test node (``exclusive``: whole-node jobs would get all 4 CPUs it declares
+    on a 2-CPU machine, tests/slurm/README.md quirk 1)."""
+    import yaml
+
+    config = {
+        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
+        "grid": {"sizes": [STUDY_SIZE], "cores": cores, "repetitions": repetitions},
+        "training": {"test_size": 300, "epochs": epochs},
+        "partition": {"files": 2},
+        "measurement": {"exclusive": exclusive},
+    }
+    path = workdir / "test-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cell_paths(workdir: Path, cores: int = 1, rep: int = 1) -> tuple[Path, Path]:
+    """(metrics.json, cell log) of one cell of a study_config study."""
+    cell = f"fashion-mnist/bigdl/strong/n{STUDY_SIZE}/c{cores}/r{rep}"
+    return workdir / "results/cells" / cell / "metrics.json", workdir / "results/logs/cells" / f"{cell}.log"
+
+
+def prepared_study(tmp_path_factory, name: str, cores: list[int], repetitions: int = 1, epochs: int = 1,
+                   exclusive: bool = False) -> Path:
+    """A new study workdir whose data (resources/) is already prepared: made once per session with
+    the local executor (the data jobs are not what these tests are about) and copied with its
+    mtimes, so Snakemake sees it up to date and submits only cells (and tables) to Slurm."""
+    if "source" not in _prepared_data:
+        source = tmp_path_factory.mktemp("prepared-data")
+        study_config(source, [1])
+        targets = [f"resources/fashion-mnist/subsets/n{STUDY_SIZE}", "resources/fashion-mnist/test"]
+        res = run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(source), "--configfile",
+                   str(source / "test-config.yaml"), "--cores", "1", *targets], timeout=600, env=login_node_env())
+        if res.returncode != 0:
+            pytest.fail(f"preparing the test data failed:\n{(res.stdout + res.stderr)[-3000:]}")
+        _prepared_data["source"] = source
+    workdir = tmp_path_factory.mktemp(name)
+    import shutil
+
+    shutil.copytree(_prepared_data["source"] / "resources", workdir / "resources")
+    study_config(workdir, cores, repetitions, epochs, exclusive)
+    return workdir
+
+
+def profile_command(workdir: Path, *extra: str) -> list[str]:
+    """`snakemake --profile slurm` as a user types it, pointed at a test workdir."""
+    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(REPO / "slurm"),
+            "--configfile", str(workdir / "test-config.yaml"), *FAULT_STUDY_OVERRIDES, *extra]
+
+
+class LogHistory:
+    """Every run's last seen text of a log file that each run truncates (a cell's log: the rule
+    writes it with `>`), so that the first run's log survives the retry. Call poll() often."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.runs: list[str] = []
+
+    def poll(self) -> str:
+        try:
+            text = self.path.read_text(errors="replace")
+        except OSError:
+            return ""
+        if not text:
+            return ""
+        if self.runs and text.startswith(self.runs[-1][: min(len(text), 200)]):
+            self.runs[-1] = text if len(text) >= len(self.runs[-1]) else self.runs[-1]
+        else:
+            self.runs.append(text)
+        return text
+
+
+def run_with_events(command: list[str], step, timeout: float = 1200, env: dict | None = None,
+                    poll_s: float = 0.5) -> subprocess.CompletedProcess:
+    """Run ``command`` and call ``step()`` every ``poll_s`` while it runs (the test's eyes and
+    hands: it reads logs and injects faults); fail if it does not end within ``timeout``."""
+    proc = subprocess.Popen(command, env=env or login_node_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    import threading
+
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.terminate()  # the profile's executor cancels this run's jobs on SIGTERM
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                reader.join(10)
+                pytest.fail(f"the study did not end within {timeout:.0f} s:\n{''.join(chunks)[-4000:]}")
+            step()
+            time.sleep(poll_s)
+        step()
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    reader.join(30)
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(chunks), "")
+
+
+def run_uuid(output: str) -> str:
+    """The run id Snakemake's Slurm executor names every job of the run with (sbatch --job-name)."""
+    m = re.search(r"SLURM run ID: (\S+)", output)
+    assert m, f"no SLURM run ID in the output:\n{output[-3000:]}"
+    return m.group(1)
+
+
+def squeue_jobs(name: str) -> list[dict]:
+    """The controller's view of the jobs named ``name`` (a run id): id, state, reason, comment."""
+    res = run(["squeue", "-h", "--states=all", "--name", name, "-o", "%i|%T|%r|%k"])
+    keys = ["JobID", "State", "Reason", "Comment"]
+    return [dict(zip(keys, line.split("|", 3))) for line in res.stdout.splitlines() if "|" in line]
+
+
+def sacct_records(job_id: str, fields: str = "JobID,State,Start,End,Timelimit,NodeList") -> list[dict]:
+    """Every accounting record of a job, older runs of a requeued job included (sacct -D)."""
+    names = fields.split(",")
+    res = run(["sacct", "-X", "-D", "-P", "-n", f"--format={fields}", "-j", job_id])
+    return [dict(zip(names, line.split("|"))) for line in res.stdout.splitlines() if line]
+
+
+def processes_using(path: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose command line, environment or working
+    directory names ``path`` (a cell's scratch: its Spark master, worker, executors and driver
+    have it in SPARK_CONF_DIR / SPARK_LOCAL_DIRS, the trainer runs in it). Zombies are left out."""
+    needle = path.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if not cmdline:
+                continue  # zombie or kernel thread
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+            try:
+                cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
+            except OSError:
+                cwd = b""
+        except OSError:
+            continue
+        if needle in cmdline or needle in environ or cwd.startswith(needle):
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
+    return sorted(found)
+
+
+def wait_gone(path: str, timeout: float = 60) -> list[tuple[int, str]]:
+    """Wait (bounded) until no process uses ``path`` and it no longer exists; what is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = processes_using(path)
+        if not left and not os.path.exists(path):
+            return []
+        time.sleep(1)
+    left = processes_using(path)
+    return left + ([(0, f"{path} still exists")] if os.path.exists(path) else [])
+
+
+def scratch_of(log_text: str) -> str:
+    """The cell's private scratch directory, from its log's first line."""
+    m = re.search(r"scratch (\S*dlscale-cell-\S+)", log_text)
+    assert m, f"no scratch directory in the cell log:\n{log_text[:2000]}"
+    return m.group(1)
+
+
+def job_step_daemons(job: str) -> list[int]:
+    """Pids of the slurmstepd processes of Slurm job ``job`` on this machine
+    (`slurmstepd: [<job>.batch]`, `[<job>.0]`, `[<job>.extern]`)."""
+    prefix = f"slurmstepd: [{job}.".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if f.read().startswith(prefix):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def job_processes(job: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process on this machine that runs for Slurm job ``job``
+    (SLURM_JOB_ID=<job> in its environment: the batch script, its snakemake, the job's steps and
+    what they started). Zombies are left out."""
+    needle = f"SLURM_JOB_ID={job}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if not cmdline:
+                continue
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()[:300]))
+    return sorted(found)
+
+
+def wait_no_job_processes(job: str, timeout: float = 60) -> list[tuple[int, str]]:
+    """Wait (bounded) until no process of Slurm job ``job`` runs here; what is left."""
+    deadline = time.monotonic() + timeout
+    while (left := job_processes(job)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
+def kill_leftovers(job: str, processes: list[tuple[int, str]]) -> None:
+    """SIGKILL the processes a test's own Slurm job left behind (as job_processes found them and
+    the test recorded them), those of them that still run for that job, so that they do not
+    outlive the test."""
+    import signal
+
+    still = {pid for pid, _ in job_processes(job)}
+    for pid, _ in processes:
+        if pid in still:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
