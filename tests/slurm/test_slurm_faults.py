@@ -223,6 +223,8 @@ def write_config(workdir: Path) -> Path:
         "grid": {"sizes": [SIZE], "cores": [1], "repetitions": 1},
         "training": {"test_size": 300},
         "partition": {"files": 2},
+        # The one test node also runs the head job: a whole-node cell could never start beside it.
+        "measurement": {"exclusive": False},
     }
     path = workdir / "test-config.yaml"
     path.write_text(yaml.safe_dump(config))
