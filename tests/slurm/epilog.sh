@@ -12,6 +12,10 @@ for environ in /proc/[0-9]*/environ; do
     pid=${environ#/proc/}
     pid=${pid%/environ}
     [ "$pid" = "$$" ] && continue
+    # only this node's processes: on the multi-node test cluster every node shares one pid
+    # namespace, and a multi-node job runs this Epilog on all its nodes at once
+    [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$(readlink /proc/$$/ns/net)" ] || continue
+    case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in *epilog*) continue ;; esac
     env=$( { tr '\0' '\n' <"$environ"; } 2>/dev/null) || continue
     case $(printf '%s\n' "$env" | grep -x -e "SLURM_JOB_ID=$SLURM_JOB_ID" -e "SLURM_CLUSTER_NAME=$SLURM_CLUSTER_NAME" |
         wc -l) in

@@ -35,7 +35,7 @@ CELL_LOG = f"results/logs/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r{{rep}}.l
 TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO
 OVERRIDES = [
     "--default-resources", "slurm_partition=multi", "slurm_account=root",
-    "--slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
 ]
 N1, N2 = multi_node_names(2)
 # What a cell leaves if its teardown fails: JVMs, node workers, Python workers, and the in-job
