@@ -473,6 +473,8 @@ def study(tmp_path_factory, trainer_python) -> Study:
         "training": {"test_size": 500},
         "partition": {"files": 2},
         "spark": {"executor_memory": "1g", "driver_memory": "1g", "worker_memory": "1g"},
+        # the two 1-core cells side by side (the default runs timed cells one at a time)
+        "measurement": {"exclusive": False},
     }
     (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
     scratch = workdir / "scratch"
@@ -801,6 +803,10 @@ def test_two_cells_at_once_do_not_collide(study, retried):
     a, b = cells[SMALL], cells[OTHER]
     # their clusters were up at the same moment (seen in the order of reads of their logs) ...
     assert OTHER in a.up_together and SMALL in b.up_together, (a.up_together, b.up_together)
+    # ... and each recorded the other beside it (measurement.exclusive: false)
+    assert small["exclusive"] is False and other["exclusive"] is False
+    assert any(f"n{OTHER}/c1/r1" in name for name in small["overlapping_cells"]), small["overlapping_cells"]
+    assert any(f"n{SMALL}/c1/r1" in name for name in other["overlapping_cells"]), other["overlapping_cells"]
     # ... on different CPUs, ports, scratch directories, logs
     assert not set(small["cpus_allowed"]) & set(other["cpus_allowed"])
     assert a.master_url and b.master_url and a.master_url != b.master_url
