@@ -47,8 +47,9 @@ class CellError(RuntimeError):
 
 
 class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM/SIGINT/SIGUSR1 (scancel, walltime via --signal) so that
-    teardown in ``finally`` blocks runs. BaseException: no ``except Exception`` swallows it."""
+    """Raised in the main thread on SIGTERM/SIGINT/SIGUSR1/SIGHUP (scancel, walltime via --signal,
+    Ctrl-C, a closed terminal) so that teardown in ``finally`` blocks runs. BaseException: no
+    ``except Exception`` swallows it."""
 
 
 # SIGHUP: the terminal or session that started the cell closed (a dropped ssh connection: the shell
@@ -214,7 +215,8 @@ def show_logs(scratch: str, lines: int = 40) -> None:
     """Copy the tails of the Spark daemons' and executors' logs into the cell's log: the scratch
     that holds them is removed with the cluster."""
     paths = sorted(glob.glob(os.path.join(scratch, "logs", "*.log")))
-    paths += sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "stderr")))
+    # an executor's stdout holds its Spark log (its errors), its stderr the JVM's and Python's
+    paths += sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "std*")))
     for path in paths:
         try:
             with open(path, errors="replace") as handle:

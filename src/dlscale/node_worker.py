@@ -36,7 +36,7 @@ log = logging.getLogger("dlscale.node_worker")
 
 
 def show_executor_logs(scratch: str, lines: int = 40) -> None:
-    for path in sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "stderr"))):
+    for path in sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "std*"))):  # Spark log, JVM
         try:
             with open(path, errors="replace") as handle:
                 tail = handle.readlines()[-lines:]

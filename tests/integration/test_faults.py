@@ -417,13 +417,14 @@ def failed_lines(log: str) -> list[str]:
     return re.findall(r"dlscale\.cell ERROR cell \S+ n\d+ c\d+ r\d+ FAILED: (.*?)\. Its Spark cluster was stopped", log)
 
 
-def executor_log_tails(log: str) -> list[str]:
-    """The tails of the executors' stderr that the cell copied into its log (dlscale.cell.show_logs;
-    their files went with its scratch), each without its header and the cell's own lines after it."""
+def executor_log_tails(log: str, stream: str = "stderr") -> list[str]:
+    """The tails of the executors' ``stream`` (stderr: the JVM's and Python workers' output; stdout:
+    the executor's Spark log) that the cell copied into its log (dlscale.cell.show_logs; their
+    files went with its scratch), each without its header and the cell's own lines after it."""
     parts = re.split(r"^----- last \d+ lines of (\S+) -----\n", log, flags=re.M)
     tails = []
     for name, body in zip(parts[1::2], parts[2::2]):
-        if re.fullmatch(r"work/app-[^/]+/\d+/stderr", name):
+        if re.fullmatch(r"work/app-[^/]+/\d+/" + stream, name):
             tails.append(re.split(r"^\S+ \S+ dlscale\.cell ", body, maxsplit=1, flags=re.M)[0])
     return tails
 
@@ -710,6 +711,9 @@ def test_a_damaged_parquet_part_fails_the_trainer_with_sparks_error_and_the_exec
     # tracebacks of its Python workers, whose input stream broke off at the damaged part
     tails = executor_log_tails(log)
     assert len(tails) == 1 and "pyspark/worker.py" in tails[0], tails or log[-5000:]
+    # and the tail of its Spark log (its stdout), with the executor's own error
+    spark_logs = executor_log_tails(log, "stdout")
+    assert len(spark_logs) == 1 and "ERROR Executor" in spark_logs[0], spark_logs or log[-5000:]
     assert_nothing_left(run)
     assert_no_metrics(study, OTHER)
     assert "Error in rule train_cell" in output(proc) and str(run.log.relative_to(study.workdir)) in output(proc)
