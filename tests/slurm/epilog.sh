@@ -1,29 +1,41 @@
 #!/bin/sh
 # Epilog of both test clusters (slurm-up.sh and multinode-up.sh install it as etc/epilog.sh).
-# slurmd runs it as root on each node of a job after the job ends. It kills what is left of the
-# job: processes whose environment carries this job's SLURM_JOB_ID and SLURM_CLUSTER_NAME.
+# slurmd runs it as root on each node of a job after the job ends. It ends what is left of the
+# job on this node: processes whose environment carries this job's SLURM_JOB_ID and
+# SLURM_CLUSTER_NAME get GRACE seconds to finish (they already had Slurm's signal: a cell is
+# still tearing down), then SIGKILL, as proctrack/cgroup and KillWait would on a real cluster.
 # Why: the test clusters track processes by parent pid (proctrack/linuxproc; cgroups are not
 # guaranteed writable on CI machines), and a process whose parent died first escapes that: seen
 # with the Snakemake jobstep process of a scancelled job, which survived as an orphan (it waits
-# for its running job on SIGTERM, its shell did not). proctrack/cgroup does this on a real cluster.
+# for its running job on SIGTERM, its shell did not).
+GRACE=30
 [ -n "$SLURM_JOB_ID" ] && [ -n "$SLURM_CLUSTER_NAME" ] || exit 0
-# This script carries both variables too: it and its own children are left alone.
-for environ in /proc/[0-9]*/environ; do
-    pid=${environ#/proc/}
-    pid=${pid%/environ}
-    [ "$pid" = "$$" ] && continue
-    # only this node's processes: on the multi-node test cluster every node shares one pid
-    # namespace, and a multi-node job runs this Epilog on all its nodes at once
-    [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$(readlink /proc/$$/ns/net)" ] || continue
-    case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in *epilog*) continue ;; esac
-    env=$( { tr '\0' '\n' <"$environ"; } 2>/dev/null) || continue
-    case $(printf '%s\n' "$env" | grep -x -e "SLURM_JOB_ID=$SLURM_JOB_ID" -e "SLURM_CLUSTER_NAME=$SLURM_CLUSTER_NAME" |
-        wc -l) in
-    2) ;;
-    *) continue ;;
-    esac
-    # the PPid of a child of this script is this script
-    [ "$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" = "$$" ] && continue
+netns=$(readlink /proc/$$/ns/net)
+
+left() { # the job's processes on this node, but this script and its children
+    for environ in /proc/[0-9]*/environ; do
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        [ "$pid" = "$$" ] && continue
+        # only this node's processes: on the multi-node test cluster every node shares one pid
+        # namespace, and a multi-node job runs this Epilog on all its nodes at once
+        [ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" = "$netns" ] || continue
+        env=$( { tr '\0' '\n' <"$environ"; } 2>/dev/null) || continue
+        [ "$(printf '%s\n' "$env" | grep -c -x -e "SLURM_JOB_ID=$SLURM_JOB_ID" \
+            -e "SLURM_CLUSTER_NAME=$SLURM_CLUSTER_NAME")" = 2 ] || continue
+        case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in *epilog*) continue ;; esac
+        [ "$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" = "$$" ] && continue
+        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && continue # zombie: already dead
+        echo "$pid"
+    done
+}
+
+waited=0
+while [ -n "$(left)" ] && [ "$waited" -lt "$GRACE" ]; do
+    sleep 1
+    waited=$((waited + 1))
+done
+for pid in $(left); do
     kill -KILL "$pid" 2>/dev/null
 done
 exit 0
