@@ -32,6 +32,7 @@ from slurm_helpers import (  # noqa: E402
     node_tmpdir,
     processes_on_node,
     run,
+    skip_or_fail,
 )
 
 # What a task reports about the node it runs on, as one JSON line. PROBE_LOOPBACK_PORT is a
@@ -105,7 +106,7 @@ def test_sinfo_shows_the_nodes_idle(multi_cluster):
 
 def test_srun_two_nodes_are_separate_hosts(multi_cluster, probe_env):
     if len(multi_cluster) < 2:
-        pytest.skip("needs DLSCALE_MULTI_NODES >= 2")
+        skip_or_fail("needs DLSCALE_MULTI_NODES >= 2 (make test starts 2 nodes)")
     # The first two nodes: on different CPUs (node i is pinned to CPU (i-1) mod nproc).
     res = run(["srun", "-N2", "--ntasks-per-node=1", f"--nodelist={','.join(multi_cluster[:2])}", "-t", "2",
                sys.executable, "-c", PROBE],
@@ -141,7 +142,7 @@ def test_srun_two_nodes_are_separate_hosts(multi_cluster, probe_env):
 
 def test_processes_on_node_sees_a_step_on_its_node_only(multi_cluster):
     if len(multi_cluster) < 2:
-        pytest.skip("needs DLSCALE_MULTI_NODES >= 2")
+        skip_or_fail("needs DLSCALE_MULTI_NODES >= 2 (make test starts 2 nodes)")
     first, node = multi_cluster[0], multi_cluster[1]
     marker = f"dlscale-mn-{uuid.uuid4().hex[:12]}"
     env = multi_env()
@@ -178,7 +179,7 @@ def test_processes_on_node_sees_a_step_on_its_node_only(multi_cluster):
 
 def test_sbatch_step_on_the_other_node(multi_cluster, probe_env, tmp_path):
     if len(multi_cluster) < 2:
-        pytest.skip("needs DLSCALE_MULTI_NODES >= 2")
+        skip_or_fail("needs DLSCALE_MULTI_NODES >= 2 (make test starts 2 nodes)")
     first, second = multi_cluster[:2]
     probe = f"{shlex.quote(sys.executable)} -c {shlex.quote(PROBE)}"
     script = tmp_path / "job.sbatch"
