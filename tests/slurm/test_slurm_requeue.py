@@ -219,15 +219,17 @@ def test_a_cell_whose_node_goes_down_leaves_nothing_and_runs_again(cluster, tmp_
         if down.get("set"):
             resume(cluster)
     print(f"node {cluster}: {down}")
-    assert down["while_down"].startswith("DOWN"), down
+    # No assert on down["while_down"]: with ReturnToService=2 the node can be back before
+    # scontrol answers again (CI once read IDLE right after the update). That the node went down
+    # is proven by sacct's NODE_FAIL record, checked below.
     assert down["left"] == [], down
     assert not down["after"].startswith(("DOWN", "DRAIN", "FAIL")), down
     check_the_cell_ran_again(workdir, proc, history, fault, first_record="NODE_FAIL")
 
 
 def resume(node: str) -> None:
-    """Bring the node back (ReturnToService=2 keeps a node set down by hand down) and wait
-    until it takes jobs again."""
+    """Bring the node back if it is still down (ReturnToService=2 usually returns it by itself)
+    and wait until it takes jobs again."""
     if node_state(node).startswith(("DOWN", "DRAIN", "FAIL")):
         run(["scontrol", "update", f"nodename={node}", "state=resume"])
     wait_until(lambda: not node_state(node).startswith(("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING"))
