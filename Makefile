@@ -39,7 +39,7 @@ unit: envs
 test: envs .venv/torch/.installed fashion-mnist
 	tests/slurm/slurm-up.sh
 	tests/slurm/multinode-up.sh
-	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra tests; status=$$?; \
+	DLSCALE_REQUIRE_SLURM=1 $(DRIVER)/python -m pytest -q -ra --durations=25 tests; status=$$?; \
 		tests/slurm/multinode-down.sh; tests/slurm/slurm-down.sh; exit $$status
 
 # The benchmark (README, Performance): a clean grid of cores {1,2} x one size x 3 repetitions,
