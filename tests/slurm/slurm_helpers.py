@@ -97,24 +97,45 @@ def node_netns(node: str) -> int:
     return os.stat(f"/run/netns/{node}").st_ino
 
 
-def processes_on_node(node: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every process in the node's network namespace, sorted by pid:
-    its slurmd, job steps and whatever they started (JVMs...). Processes that exit meanwhile,
-    zombies and those whose namespace cannot be read are left out."""
-    ino = node_netns(node)
-    found = []
+def live_processes():
+    """(pid, raw command line) of every live process but this one. Zombies and kernel threads
+    (no command line) and processes that exit meanwhile are left out."""
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if os.stat(f"/proc/{entry.name}/ns/net").st_ino != ino:
-                continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                cmdline = f.read()
         except OSError:
             continue
-        if cmdline:  # zombies and kernel threads have none
-            found.append((int(entry.name), cmdline))
+        if cmdline:
+            yield int(entry.name), cmdline
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name> (environ...), or b"" once the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def command_line(cmdline: bytes) -> str:
+    return cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def processes_on_node(node: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every process in the node's network namespace, sorted by pid:
+    its slurmd, job steps and whatever they started (JVMs...)."""
+    ino = node_netns(node)
+    found = []
+    for pid, cmdline in live_processes():
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                found.append((pid, command_line(cmdline)))
+        except OSError:
+            continue
     return sorted(found)
 
 
@@ -268,27 +289,16 @@ def sacct_records(job_id: str, fields: str = "JobID,State,Start,End,Timelimit,No
 def processes_using(path: str) -> list[tuple[int, str]]:
     """(pid, command line) of every live process whose command line, environment or working
     directory names ``path`` (a cell's scratch: its Spark master, worker, executors and driver
-    have it in SPARK_CONF_DIR / SPARK_LOCAL_DIRS, the trainer runs in it). Zombies are left out."""
+    have it in SPARK_CONF_DIR / SPARK_LOCAL_DIRS, the trainer runs in it)."""
     needle = path.encode()
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid, cmdline in live_processes():
         try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            if not cmdline:
-                continue  # zombie or kernel thread
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read()
-            try:
-                cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
-            except OSError:
-                cwd = b""
+            cwd = os.readlink(f"/proc/{pid}/cwd").encode()
         except OSError:
-            continue
-        if needle in cmdline or needle in environ or cwd.startswith(needle):
-            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
+            cwd = b""
+        if needle in cmdline or needle in proc_file(pid, "environ") or cwd.startswith(needle):
+            found.append((pid, command_line(cmdline)))
     return sorted(found)
 
 
@@ -315,40 +325,16 @@ def job_step_daemons(job: str) -> list[int]:
     """Pids of the slurmstepd processes of Slurm job ``job`` on this machine
     (`slurmstepd: [<job>.batch]`, `[<job>.0]`, `[<job>.extern]`)."""
     prefix = f"slurmstepd: [{job}.".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                if f.read().startswith(prefix):
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return [pid for pid, cmdline in live_processes() if cmdline.startswith(prefix)]
 
 
 def job_processes(job: str) -> list[tuple[int, str]]:
     """(pid, command line) of every live process on this machine that runs for Slurm job ``job``
     (SLURM_JOB_ID=<job> in its environment: the batch script, its snakemake, the job's steps and
-    what they started). Zombies are left out."""
+    what they started)."""
     needle = f"SLURM_JOB_ID={job}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            if not cmdline:
-                continue
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ:
-            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()[:300]))
-    return sorted(found)
+    return sorted((pid, command_line(cmdline)[:300]) for pid, cmdline in live_processes()
+                  if needle in proc_file(pid, "environ").split(b"\0"))
 
 
 def wait_no_job_processes(job: str, timeout: float = 60) -> list[tuple[int, str]]:
