@@ -39,11 +39,10 @@ import pandas as pd
 import yaml
 
 from dlscale import paths
+from dlscale.grid import CELL_KEYS, GROUP_KEYS, Cell, Grid, as_str_tuple, existing_metrics, missing_cells, select_grid_cells
 
 log = logging.getLogger(__name__)
 
-CELL_KEYS = ("dataset", "backend", "scaling", "size", "cores", "repetition")
-GROUP_KEYS = ("backend", "scaling")
 AVERAGE = "average"
 STATS = ("mean", "std", "count")
 MISSING = "missing"  # how a missing value reads in the Markdown tables
@@ -72,71 +71,6 @@ class MetricsError(AggregationError):
 class MissingCellsError(AggregationError):
     """Cells of the expected grid have no metrics.json and partial tables were not allowed."""
 
-
-class Cell(NamedTuple):
-    """The coordinates of one cell, in the argument order of ``paths.cell_dir``."""
-
-    dataset: str
-    backend: str
-    scaling: str
-    size: int
-    cores: int
-    repetition: int
-
-    @property
-    def metrics_path(self) -> str:
-        """Path relative to the working directory, as the workflow names it."""
-        return f"{paths.cell_dir(*self)}/metrics.json"
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The cells the study expects: backends x scaling modes x sizes x cores x repetitions."""
-
-    dataset: str
-    backends: tuple[str, ...]
-    scaling_modes: tuple[str, ...]
-    sizes: tuple[int, ...]
-    cores: tuple[int, ...]
-    repetitions: tuple[int, ...]
-
-    @classmethod
-    def from_params(
-        cls,
-        dataset: str,
-        backends: Iterable[str] | str,
-        scaling_modes: Iterable[str] | str,
-        sizes: Iterable[int],
-        cores: Iterable[int],
-        repetitions: int | Iterable[int],
-    ) -> Grid:
-        """Build from config values; ``repetitions`` is a count (1..n) or a list of numbers."""
-        reps = range(1, int(repetitions) + 1) if isinstance(repetitions, int) else repetitions
-        return cls(
-            dataset=str(dataset),
-            backends=_as_str_tuple(backends),
-            scaling_modes=_as_str_tuple(scaling_modes),
-            sizes=tuple(sorted({int(s) for s in sizes})),
-            cores=tuple(sorted({int(c) for c in cores})),
-            repetitions=tuple(sorted({int(r) for r in reps})),
-        )
-
-    def groups(self) -> list[tuple[str, str]]:
-        return [(b, s) for b in self.backends for s in self.scaling_modes]
-
-    def cells(self) -> list[Cell]:
-        return [
-            Cell(self.dataset, backend, scaling, size, cores, rep)
-            for backend, scaling in self.groups()
-            for size in self.sizes
-            for cores in self.cores
-            for rep in self.repetitions
-        ]
-
-
-def _as_str_tuple(values: Iterable[str] | str) -> tuple[str, ...]:
-    # a lone string from the config must not be split into characters
-    return (values,) if isinstance(values, str) else tuple(str(v) for v in values)
 
 
 # --------------------------------------------------------------------------- loading
@@ -278,33 +212,6 @@ def read_cells_csv(path: str | Path) -> pd.DataFrame:
     }
     return pd.read_csv(path, dtype=as_text)
 
-
-# --------------------------------------------------------------------------- grid
-
-
-def existing_metrics(grid: Grid, workdir: str | Path = ".") -> list[Path]:
-    """The metrics.json files of the grid that exist under ``workdir``."""
-    candidates = (Path(workdir) / cell.metrics_path for cell in grid.cells())
-    return [p for p in candidates if p.is_file()]
-
-
-def select_grid_cells(cells: pd.DataFrame, grid: Grid) -> pd.DataFrame:
-    """Keep the cells of the grid; cells outside it (an older config) are logged and dropped."""
-    if cells.empty:
-        return cells
-    expected = set(grid.cells())
-    inside = [Cell(*key) in expected for key in cells[list(CELL_KEYS)].itertuples(index=False)]
-    dropped = cells.loc[[not i for i in inside], "metrics_path"]
-    for path in dropped:
-        log.warning("ignoring %s: cell outside the configured grid", path)
-    return cells[inside].reset_index(drop=True)
-
-
-def missing_cells(grid: Grid, cells: pd.DataFrame) -> pd.DataFrame:
-    """The grid's cells without metrics, with the path their metrics.json should have."""
-    found = set() if cells.empty else {Cell(*k) for k in cells[list(CELL_KEYS)].itertuples(index=False)}
-    rows = [(*cell, cell.metrics_path) for cell in grid.cells() if cell not in found]
-    return pd.DataFrame(rows, columns=[*CELL_KEYS, "path"])
 
 
 def _missing_message(missing: pd.DataFrame, total: int, listing: Path, limit: int = 40) -> str:
@@ -481,8 +388,8 @@ def load_reference(reference_dir: str | Path | None) -> tuple[pd.DataFrame, pd.D
 def table_filenames(backends: Iterable[str], scaling_modes: Iterable[str]) -> list[str]:
     """Every file ``aggregate`` writes, relative to ``paths.tables_dir`` (for rule outputs)."""
     names = [CELLS_CSV, MISSING_CSV]
-    for backend in _as_str_tuple(backends):
-        for scaling in _as_str_tuple(scaling_modes):
+    for backend in as_str_tuple(backends):
+        for scaling in as_str_tuple(scaling_modes):
             for phase in paths.PHASES:
                 for kind in paths.TABLE_KINDS:
                     stem = paths.table_stem(kind, phase, backend, scaling)

@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dlscale import paths
-from dlscale.aggregate import Grid, load_metrics, load_reference
+from dlscale.aggregate import load_metrics, load_reference
+from dlscale.grid import Grid
 
 log = logging.getLogger("dlscale.bench")
 

@@ -21,10 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from dlscale import paths
+from dlscale.grid import GROUP_KEYS, Grid
 from dlscale.aggregate import (
     AVERAGE,
-    GROUP_KEYS,
-    Grid,
     core_counts,
     group_tables,
     load_reference,

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from dlscale import paths
+from dlscale.grid import Grid
 from dlscale.aggregate import (
     AVERAGE,
     CELLS_CSV,
     MISSING_CSV,
-    Grid,
     MetricsError,
     MissingCellsError,
     aggregate,

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from dlscale import paths
-from dlscale.aggregate import Grid, load_metrics
+from dlscale.aggregate import load_metrics
+from dlscale.grid import Grid
 from dlscale.plots import PUBLISHED_LABEL, figure_published_vs_ours, figure_speedup, plot_all
 from test_aggregate import DATASET, GRID, REFERENCE_DIR, published_tables, write_grid
 

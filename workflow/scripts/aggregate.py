@@ -10,7 +10,8 @@ log: one file.
 import logging
 from pathlib import Path
 
-from dlscale.aggregate import Grid, aggregate
+from dlscale.aggregate import aggregate
+from dlscale.grid import Grid
 from dlscale.rule_script import run_logged
 
 log = logging.getLogger("dlscale.aggregate")
