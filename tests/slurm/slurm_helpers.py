@@ -154,18 +154,20 @@ _prepared_data: dict[str, Path] = {}  # one prepared workdir per test session
 
 
 def study_config(workdir: Path, cores: list[int], repetitions: int = 1, epochs: int = 1,
-                 exclusive: bool = False) -> Path:
-    """test-config.yaml of a tiny study on Fashion-MNIST (offline): one size, the given cores.
-    Cells share the test node (``exclusive``: whole-node jobs would get all 4 CPUs it declares
-    on a 2-CPU machine, tests/slurm/README.md quirk 1)."""
+                 exclusive: bool = False, size: int = STUDY_SIZE, **sections: dict) -> Path:
+    """test-config.yaml of a tiny study on Fashion-MNIST (offline): one size, the given cores,
+    and any further config ``sections`` (e.g. ``slurm={"cores_per_node": 1}``). Cells share the
+    single-node test cluster's node (``exclusive``: whole-node jobs would get all 4 CPUs it
+    declares on a 2-CPU machine, tests/slurm/README.md quirk 1)."""
     import yaml
 
     config = {
         "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
-        "grid": {"sizes": [STUDY_SIZE], "cores": cores, "repetitions": repetitions},
+        "grid": {"sizes": [size], "cores": cores, "repetitions": repetitions},
         "training": {"test_size": 300, "epochs": epochs},
         "partition": {"files": 2},
         "measurement": {"exclusive": exclusive},
+        **sections,
     }
     path = workdir / "test-config.yaml"
     path.write_text(yaml.safe_dump(config))

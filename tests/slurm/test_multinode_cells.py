@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slurm_helpers import (REPO, SNAKEMAKE, multi_env, multi_node_names, node_address, node_tmpdir,
-                           processes_on_node, run, sacct_rows, skip_or_fail)
+                           processes_on_node, run, sacct_rows, study_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZE = 512
 CELL = f"results/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r{{rep}}/metrics.json"
 CELL_LOG = f"results/logs/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r{{rep}}.log"
@@ -41,19 +39,6 @@ N1, N2 = multi_node_names(2)
 # What a cell leaves if its teardown fails: JVMs, node workers, Python workers, and the in-job
 # Snakemake (the test clusters' Epilog kills a job's orphans, as cgroups would: tests/slurm/epilog.sh)
 SPARK_PROCESS = re.compile(r"java .*org\.apache\.spark|dlscale\.node_worker|pyspark\.daemon|-m snakemake ")
-
-
-def write_config(workdir: Path, repetitions: int = 1) -> Path:
-    config = {
-        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
-        "grid": {"sizes": [SIZE], "cores": [2], "repetitions": repetitions},
-        "training": {"test_size": 300},
-        "partition": {"files": 2},
-        "slurm": {"cores_per_node": 1},
-    }
-    path = workdir / "test-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def profile_command(workdir: Path, *extra: str) -> list[str]:
@@ -119,7 +104,7 @@ def wait_nothing_left(timeout: float = 60) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def spanning_study(multi_cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("multinode-study")
-    write_config(workdir)
+    study_config(workdir, [2], exclusive=True, size=SIZE, slurm={"cores_per_node": 1})
     proc = run(profile_command(workdir), timeout=1500, env=multi_env())
     return workdir, proc
 
@@ -152,7 +137,7 @@ def prepared(spanning_study, tmp_path: Path, repetitions: int = 1) -> Path:
     workdir = tmp_path / "study"
     workdir.mkdir()
     shutil.copytree(source / "resources", workdir / "resources")
-    write_config(workdir, repetitions)
+    study_config(workdir, [2], repetitions, exclusive=True, size=SIZE, slurm={"cores_per_node": 1})
     return workdir
 
 

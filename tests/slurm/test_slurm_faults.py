@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_helpers import REPO, SNAKEMAKE, login_node_env, run, sacct_rows, skip_or_fail
+from slurm_helpers import (REPO, SNAKEMAKE, STUDY_SIZE, login_node_env, run, sacct_rows, skip_or_fail,
+                           study_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -45,8 +46,7 @@ POLL = {  # the first status check and the poll interval (it grows by 10 s per c
     "slurm": ["--slurm-init-seconds-before-status-checks", "3"],
 }
 START_TIMEOUT = 300  # for a job to start on the shared test node
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-SIZE = 256
+SIZE = STUDY_SIZE
 WALLTIME_WARNING = "--signal=USR1@120"
 
 
@@ -217,20 +217,6 @@ def test_scancel_of_the_head_job_cancels_the_jobs_it_submitted(cluster, tmp_path
 # --- the walltime warning ---------------------------------------------------------------------
 
 
-def write_config(workdir: Path) -> Path:
-    config = {
-        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
-        "grid": {"sizes": [SIZE], "cores": [1], "repetitions": 1},
-        "training": {"test_size": 300},
-        "partition": {"files": 2},
-        # The one test node also runs the head job: a whole-node cell could never start beside it.
-        "measurement": {"exclusive": False},
-    }
-    path = workdir / "test-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def submit_lines(run_id: str) -> dict[str, str]:
     """{Slurm job id: its sbatch call up to --wrap} of every job of a run, from sacct's SubmitLine."""
     out = run(["sacct", "-X", "-P", "-n", f"--name={run_id}", "--format=JobID,SubmitLine"]).stdout
@@ -249,7 +235,7 @@ def prepared(cluster, tmp_path_factory):
     command line (the profile's default-resources replaced): the small jobs keep their runtime
     and memory."""
     workdir = tmp_path_factory.mktemp("walltime-data")
-    write_config(workdir)
+    study_config(workdir, [1])
     targets = [f"resources/fashion-mnist/subsets/n{SIZE}", "resources/fashion-mnist/test"]
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(REPO / "slurm"),
                "--configfile", str(workdir / "test-config.yaml"), *WHERE, *COMMON, *POLL["dlscale-slurm"], *targets]
@@ -270,7 +256,7 @@ def study_dir(prepared: Path, tmp_path: Path) -> Path:
     workdir = tmp_path / "study"
     workdir.mkdir()
     shutil.copytree(prepared / "resources", workdir / "resources")  # mtimes kept: no job reruns
-    write_config(workdir)
+    study_config(workdir, [1])
     return workdir
 
 

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from slurm_helpers import REPO, SNAKEMAKE, login_node_env, run, sacct_rows, wait_node_empty
+from slurm_helpers import (REPO, SNAKEMAKE, STUDY_SIZE, login_node_env, run, sacct_rows, study_config,
+                           wait_node_empty)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-SIZE = 256
+SIZE = STUDY_SIZE
 CELL = "results/cells/fashion-mnist/bigdl/strong/n{size}/c{cores}/r1/metrics.json"
 # Test overrides of the profile: the test node's partition and account (the rules carry their own
 # runtime and memory), fast polls of the profile's executor dlscale-slurm, one job at a time.
@@ -39,21 +38,6 @@ PROFILE_OVERRIDES = [
     "--default-resources", "slurm_partition=debug", "slurm_account=root",
     "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
 ]
-
-
-def write_config(workdir: Path, cores: list[int]) -> Path:
-    config = {
-        "dataset": {"name": "fashion-mnist", "dir": str(FASHION_MNIST)},
-        "grid": {"sizes": [SIZE], "cores": cores, "repetitions": 1},
-        "training": {"test_size": 300},
-        "partition": {"files": 2},
-        # Cells share the one test node (with the head job, too): whole-node jobs would get all
-        # 4 CPUs it declares on a 2-CPU machine (tests/slurm/README.md, quirk 1).
-        "measurement": {"exclusive": False},
-    }
-    path = workdir / "test-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def profile_run(workdir: Path, *configfiles: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -144,7 +128,7 @@ def failed_study(cluster, tmp_path_factory):
     profile's retry): its Spark worker JVM is SIGKILLed from outside once its executor runs."""
     wait_node_empty(cluster)
     workdir = tmp_path_factory.mktemp("slurm-study")
-    write_config(workdir, [1, 2])
+    study_config(workdir, [1, 2])
     with WorkerKiller(workdir, CELL.format(size=SIZE, cores=2)) as killer:
         proc = profile_run(workdir)
     assert not killer.errors, killer.errors
@@ -220,7 +204,7 @@ def prepared_workdir(failed_study, tmp_path: Path) -> Path:
     workdir = tmp_path / "study"
     workdir.mkdir()
     shutil.copytree(source / "resources", workdir / "resources")
-    write_config(workdir, [1])
+    study_config(workdir, [1])
     return workdir
 
 
