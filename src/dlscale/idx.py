@@ -24,13 +24,12 @@ import numpy as np
 UBYTE = 0x08
 IMAGES_MAGIC = 2051  # 0x00000803
 LABELS_MAGIC = 2049  # 0x00000801
-IMAGE_SHAPE = (28, 28)
-N_CLASSES = 10
+IMAGE_SHAPE = (28, 28)  # the published model reads 28 rows of 28 pixels
 GZIP_MAGIC = b"\x1f\x8b"
 SPLIT_PREFIXES = {"train": "train", "test": "t10k"}  # split name -> file name prefix
 
 _FIX = (
-    "Delete it and rerun to download it again; if it came from dataset.dir, "
+    "delete it and rerun to download it again; if it came from dataset.dir, "
     "check that folder holds the original, unmodified files."
 )
 
@@ -38,14 +37,15 @@ _FIX = (
 class IdxFormatError(ValueError):
     """A file is not a valid IDX file of the expected kind.
 
-    ``path`` and ``problem`` are kept apart so callers can report the problem alone
-    (e.g. per download mirror); ``str()`` gives the full message with the fix.
+    ``path``, ``problem`` and ``fix`` are kept apart so callers can report the problem alone
+    (e.g. per download mirror) or with a fix of their own; ``str()`` gives the full message.
     """
 
     def __init__(self, path: str | Path, problem: str, fix: str = _FIX) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}. {fix}")
+        self.fix = fix
+        super().__init__(f"{path}: {problem}. Fix: {fix}")
 
 
 def split_file_names(split: str) -> tuple[str, str]:
@@ -90,6 +90,14 @@ def parse_idx(data: bytes, path: str | Path, *, ndim: int, what: str) -> np.ndar
 
     ``ndim`` is the expected number of dimensions; ``what`` ("images"/"labels") words the errors.
     """
+    dims, header_size = _parse_header(data, path, ndim=ndim, what=what)
+    _check_payload_size(path, dims, len(data) - header_size, what)
+    # bytearray -> a writable array that owns its memory
+    return np.frombuffer(bytearray(data[header_size:]), dtype=np.uint8).reshape(dims)
+
+
+def _parse_header(data: bytes, path: str | Path, *, ndim: int, what: str) -> tuple[tuple[int, ...], int]:
+    """(dimensions, header size) of IDX ``data``, which may be the header alone."""
     if len(data) < 4:
         raise IdxFormatError(path, f"only {len(data)} bytes, too short for an IDX header")
     if data[0:2] != b"\x00\x00":
@@ -105,9 +113,25 @@ def parse_idx(data: bytes, path: str | Path, *, ndim: int, what: str) -> np.ndar
     if len(data) < header_size:
         raise IdxFormatError(path, f"header truncated: {len(data)} bytes, expected at least {header_size}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    _check_payload_size(path, dims, len(data) - header_size, what)
-    # bytearray -> a writable array that owns its memory
-    return np.frombuffer(bytearray(data[header_size:]), dtype=np.uint8).reshape(dims)
+    return dims, header_size
+
+
+def read_dims(path: str | Path, *, ndim: int, what: str) -> tuple[int, ...]:
+    """The dimensions an IDX file's header declares, reading the header only (a few bytes even
+    of a .gz), so the configuration can be checked against the files before any job runs."""
+    with open_payload(path) as stream:
+        head = stream.read(4 + 4 * ndim)
+    return _parse_header(head, path, ndim=ndim, what=what)[0]
+
+
+def check_image_shape(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Images must be 28x28: the model reads each as 28 rows of 28 pixels."""
+    if tuple(shape) != IMAGE_SHAPE:
+        raise IdxFormatError(
+            path,
+            f"images are {'x'.join(map(str, shape))}, expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}",
+            "the published model reads 28 rows of 28 pixels: resize or pad the images to 28x28.",
+        )
 
 
 def _check_payload_size(path: str | Path, dims: tuple[int, ...], actual: int, what: str) -> None:
@@ -138,19 +162,64 @@ def load_split(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]
     """Read the images (N x 28 x 28) and labels (N) of ``split`` ("train"/"test") from ``raw_dir``.
 
     Looks for the .gz names first, then the same names without .gz. Checks that both files hold
-    the same number of records and that every label is a class 0..9.
+    the same number of records; the classes are checked by :func:`class_count`.
     """
-    images_path, labels_path = (_locate(Path(raw_dir), name) for name in split_file_names(split))
+    images_path, labels_path = split_paths(raw_dir, split)
     images, labels = read_images(images_path), read_labels(labels_path)
-    if len(images) != len(labels):
+    check_same_count(images_path, len(images), labels_path, len(labels))
+    return images, labels
+
+
+def split_paths(raw_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The (images, labels) files of ``split`` in ``raw_dir``: the .gz names, else the plain ones."""
+    images_name, labels_name = split_file_names(split)
+    return _locate(Path(raw_dir), images_name), _locate(Path(raw_dir), labels_name)
+
+
+def check_same_count(images_path: str | Path, n_images: int, labels_path: str | Path, n_labels: int) -> None:
+    if n_images != n_labels:
         raise IdxFormatError(
             images_path,
-            f"{len(images)} images but {labels_path} has {len(labels)} labels",
-            "The two files come from different downloads: delete both and rerun to download them again.",
+            f"{n_images} images but {labels_path} has {n_labels} labels",
+            "the two files must hold the same records, one label per image: if they came from different "
+            "downloads, delete both and rerun to fetch them again; if they are your own, write them again "
+            "from the same records.",
         )
-    if len(labels) and labels.max() >= N_CLASSES:
-        raise IdxFormatError(labels_path, f"label {int(labels.max())} found, expected classes 0..{N_CLASSES - 1}")
-    return images, labels
+
+
+def class_count(train_labels: np.ndarray, labels_path: str | Path) -> int:
+    """The number of classes, from the training labels: the largest label + 1.
+
+    Labels are class numbers 0..K-1 (as in MNIST); the model gets one output per class, so a
+    class number with no training record at all means the labels are not numbered that way.
+    """
+    labels = np.asarray(train_labels)
+    if len(labels) == 0:
+        raise IdxFormatError(labels_path, "no labels", "give the training split at least one record per class.")
+    n_classes = int(labels.max()) + 1
+    absent = sorted(set(range(n_classes)) - {int(c) for c in np.unique(labels)})
+    if absent:
+        shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+        raise IdxFormatError(
+            labels_path,
+            f"the largest label is {n_classes - 1}, but classes {shown} have no training record",
+            f"number the classes 0..K-1 without gaps (the model has one output per class, "
+            f"here {n_classes}): relabel the records, in the test labels too.",
+        )
+    if n_classes < 2:
+        raise IdxFormatError(labels_path, "every label is 0: one class", "give the training split at least two classes.")
+    return n_classes
+
+
+def check_test_classes(test_labels: np.ndarray, labels_path: str | Path, n_classes: int) -> None:
+    """Every test label must be a class the model has an output for (one seen in training)."""
+    labels = np.asarray(test_labels)
+    if len(labels) and int(labels.max()) >= n_classes:
+        raise IdxFormatError(
+            labels_path,
+            f"test label {int(labels.max())} found, but the training labels have classes 0..{n_classes - 1}",
+            "keep in the test split only the classes the training split has, numbered the same way.",
+        )
 
 
 def _locate(raw_dir: Path, gz_name: str) -> Path:
@@ -158,6 +227,6 @@ def _locate(raw_dir: Path, gz_name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"{raw_dir / gz_name}: no such file. Run the download step first, "
+        f"{raw_dir / gz_name}: no such file. Fix: run the download step first, "
         "or set dataset.dir to a folder holding the four IDX files."
     )

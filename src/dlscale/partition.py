@@ -5,7 +5,10 @@ Output folder layout (one per subset, one for the test split)::
     part-00000.parquet ... part-<n_files-1>.parquet   columns image (binary), label (int32)
     _manifest.json                                     what the folder holds and where it came from
 
-``image`` is the 784 raw uint8 pixels of one 28x28 image, row-major; ``label`` is the class 0..9.
+``image`` is the 784 raw uint8 pixels of one 28x28 image, row-major; ``label`` is the class
+0..n_classes-1. The manifest's ``n_classes`` is counted from the whole training split's labels
+(:func:`dlscale.idx.class_count`), the same for every subset and the test split, and sizes the
+model's last layer (``dlscale.trainer.manifest_classes``).
 The manifest's leading underscore matters: Spark and pyarrow skip files starting with "_" or
 ".", so the folder can be read whole (``spark.read.parquet(dir)``); a plain ``manifest.json``
 would be parsed as a Parquet file and fail the read.
@@ -27,7 +30,7 @@ import pyarrow.parquet as pq
 
 from dlscale import __version__
 from dlscale.datasets import sha256_of_file
-from dlscale.idx import load_split, split_file_names
+from dlscale.idx import check_test_classes, class_count, load_split, read_labels, split_file_names, split_paths
 
 MANIFEST_NAME = "_manifest.json"  # "_": skipped by Spark/pyarrow folder readers
 PART_GLOB = "part-*.parquet"
@@ -84,8 +87,8 @@ def _check_size(size: int, available: int, source: str) -> None:
         raise ValueError(f"subset size must be a positive number of records, got {size}")
     if size > available:
         raise ValueError(
-            f"subset size {size} is larger than {source}, which has {available} records; "
-            f"use sizes of at most {available} in the config."
+            f"subset size {size} is larger than {source}, which has {available} records. "
+            f"Fix: use sizes of at most {available} in the config."
         )
 
 
@@ -127,7 +130,7 @@ def write_parquet_parts(
         "n_files": n_files,
         "files": files,
         "file_records": [int(len(rows)) for rows in rows_per_file],
-        "columns": {"image": "binary: 784 uint8 pixels of a 28x28 image, row-major", "label": "int32 class 0..9"},
+        "columns": {"image": "binary: 784 uint8 pixels of a 28x28 image, row-major", "label": "int32 class number"},
         "created_by": f"dlscale {__version__}",
     }
 
@@ -207,8 +210,9 @@ def partition_subset(
 ) -> dict[str, Any]:
     """Write a stratified subset of ``size`` training records of ``dataset`` to ``out_dir``."""
     images, labels = load_split(raw_dir, "train")
+    n_classes = class_count(labels, split_paths(raw_dir, "train")[1])
     chosen = stratified_subset_indices(labels, size, seed, source=f"the {dataset} training split")
-    manifest = _provenance(raw_dir, dataset, "train", subset_size=size)
+    manifest = dict(_provenance(raw_dir, dataset, "train", subset_size=size), n_classes=n_classes)
     return write_parquet_parts(images[chosen], labels[chosen], out_dir, n_files, seed, manifest)
 
 
@@ -222,10 +226,14 @@ def partition_test(
 ) -> dict[str, Any]:
     """Write the test split of ``dataset`` to ``out_dir``: all of it, or a stratified ``test_size``."""
     images, labels = load_split(raw_dir, "test")
+    # The classes are the training split's: the model has one output for each of them.
+    train_labels_path = split_paths(raw_dir, "train")[1]
+    n_classes = class_count(read_labels(train_labels_path), train_labels_path)
+    check_test_classes(labels, split_paths(raw_dir, "test")[1], n_classes)
     if test_size is not None:
         chosen = stratified_subset_indices(labels, test_size, seed, source=f"the {dataset} test split")
         images, labels = images[chosen], labels[chosen]
-    manifest = _provenance(raw_dir, dataset, "test", subset_size=test_size)
+    manifest = dict(_provenance(raw_dir, dataset, "test", subset_size=test_size), n_classes=n_classes)
     return write_parquet_parts(images, labels, out_dir, n_files, seed, manifest)
 
 

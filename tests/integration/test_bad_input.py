@@ -167,7 +167,7 @@ def test_wrong_magic_number_met_by_the_partition_step(tmp_path):
     text = text_of(proc)
     assert proc.returncode != 0
     assert (f"resources/{DATASET}/raw/t10k-labels-idx1-ubyte.gz: magic 2051: 3 dimension(s), expected 1 for "
-            "labels (magic 2049). Delete it and rerun to download it again") in text
+            "labels (magic 2049). Fix: delete it and rerun to download it again") in text
     assert not (tmp_path / "resources" / DATASET / "test").exists()
 
 
@@ -178,8 +178,9 @@ def test_image_label_count_mismatch_met_by_the_partition_step(tmp_path):
     proc = snakemake(tmp_path, config, "--cores", "1", f"resources/{DATASET}/test")
     text = text_of(proc)
     assert proc.returncode != 0
-    assert (f"10000 images but resources/{DATASET}/raw/t10k-labels-idx1-ubyte.gz has 9999 labels. The two "
-            "files come from different downloads: delete both and rerun to download them again.") in text
+    assert (f"10000 images but resources/{DATASET}/raw/t10k-labels-idx1-ubyte.gz has 9999 labels. Fix: the "
+            "two files must hold the same records, one label per image: if they came from different downloads, "
+            "delete both and rerun to fetch them again") in text
 
 
 # --- a malformed metrics file met by the aggregation --------------------------------------------

@@ -50,17 +50,19 @@ class IdxFactory:
         path.write_bytes(gzip.compress(payload, mtime=0) if gz else payload)
         return path
 
-    def write_split(self, raw_dir: Path, split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def write_split(
+        self, raw_dir: Path, split: str, n: int, seed: int = 0, n_classes: int = 10
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Write the two .gz files of ``split`` into ``raw_dir``; return the arrays written."""
-        images, labels = self.arrays(n, seed)
+        images, labels = self.arrays(n, seed, n_classes)
         images_name, labels_name = split_file_names(split)
         self.write(raw_dir / images_name, self.idx_bytes(images))
         self.write(raw_dir / labels_name, self.idx_bytes(labels))
         return images, labels
 
-    def write_raw_dir(self, raw_dir: Path, n_train: int = 200, n_test: int = 50) -> Path:
-        self.write_split(raw_dir, "train", n_train, seed=1)
-        self.write_split(raw_dir, "test", n_test, seed=2)
+    def write_raw_dir(self, raw_dir: Path, n_train: int = 200, n_test: int = 50, n_classes: int = 10) -> Path:
+        self.write_split(raw_dir, "train", n_train, seed=1, n_classes=n_classes)
+        self.write_split(raw_dir, "test", n_test, seed=2, n_classes=n_classes)
         return raw_dir
 
 

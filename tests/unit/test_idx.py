@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from dlscale.datasets import CATALOG, content_sha256_of_file
-from dlscale.idx import IdxFormatError, load_split, read_images, read_labels, split_file_names
+from dlscale.idx import (
+    IdxFormatError,
+    check_test_classes,
+    class_count,
+    load_split,
+    read_dims,
+    read_images,
+    read_labels,
+    split_file_names,
+)
 from dlscale_testing import FASHION_MNIST
 
 DEBIAN_FASHION_MNIST = FASHION_MNIST
@@ -128,12 +137,43 @@ def test_load_split_count_mismatch(tmp_path, idx_factory):
         load_split(tmp_path, "train")
 
 
-def test_load_split_label_out_of_range(tmp_path, idx_factory):
-    idx_factory.write_split(tmp_path, "train", 20)
-    labels = np.full(20, 12, dtype=np.uint8)
-    idx_factory.write(tmp_path / "train-labels-idx1-ubyte.gz", idx_factory.idx_bytes(labels))
-    with pytest.raises(IdxFormatError, match="label 12 found"):
-        load_split(tmp_path, "train")
+def test_class_count_is_the_largest_label_plus_one():
+    assert class_count(np.array([2, 0, 1, 2, 1], dtype=np.uint8), "l.gz") == 3
+    # more than MNIST's 10 classes is fine: the model's last layer follows
+    assert class_count(np.arange(47, dtype=np.uint8), "l.gz") == 47
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        ([12] * 20, r"the largest label is 12, but classes 0, 1, .*, 9, \.\.\. have no training record"
+                    r".*Fix: number the classes 0\.\.K-1 without gaps"),
+        ([0, 1, 3, 3], r"classes 2 have no training record.*here 4"),
+        ([0, 0, 0], r"every label is 0: one class\. Fix: give the training split at least two classes"),
+        ([], r"no labels\. Fix:"),
+    ],
+)
+def test_class_count_rejects_labels_that_are_not_classes_0_to_k(labels, message):
+    with pytest.raises(IdxFormatError, match=message):
+        class_count(np.array(labels, dtype=np.uint8), "train-labels.gz")
+
+
+def test_test_labels_must_be_training_classes():
+    check_test_classes(np.array([0, 2, 1], dtype=np.uint8), "t.gz", 3)
+    with pytest.raises(IdxFormatError, match=r"test label 5 found, but the training labels have classes 0\.\.2"):
+        check_test_classes(np.array([0, 5], dtype=np.uint8), "t.gz", 3)
+
+
+def test_read_dims_reads_the_header_only(tmp_path, idx_factory):
+    images, labels = idx_factory.arrays(12)
+    gz = idx_factory.write(tmp_path / "i.gz", idx_factory.idx_bytes(images))
+    truncated = idx_factory.write(tmp_path / "l", idx_factory.idx_bytes(labels)[:-5], gz=False)
+    assert read_dims(gz, ndim=3, what="images") == (12, 28, 28)
+    assert read_dims(truncated, ndim=1, what="labels") == (12,)  # the payload is the partition step's
+    with pytest.raises(IdxFormatError, match=r"not an IDX file: it starts with b'hello.*Fix:"):
+        read_dims(idx_factory.write(tmp_path / "x", b"hello world", gz=False), ndim=1, what="labels")
+    with pytest.raises(IdxFormatError, match=r"3 dimension\(s\), expected 1 for labels"):
+        read_dims(gz, ndim=1, what="labels")
 
 
 def test_load_split_missing_file_names_fix(tmp_path):

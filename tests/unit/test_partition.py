@@ -199,9 +199,25 @@ def test_partition_subset_and_test(tmp_path, idx_factory):
     assert _read_parts(tmp_path / "test20").num_rows == 20 == part["records"]
 
 
+def test_the_manifests_carry_the_number_of_classes_of_the_training_labels(tmp_path, idx_factory):
+    raw = idx_factory.write_raw_dir(tmp_path / "raw", n_train=60, n_test=12, n_classes=3)
+    # a subset too small to hold every class still says 3: the model is the whole dataset's
+    assert partition_subset(raw, "three", size=2, seed=0, n_files=1, out_dir=tmp_path / "n2")["n_classes"] == 3
+    assert partition_test(raw, "three", tmp_path / "test", n_files=1)["n_classes"] == 3
+    assert json.loads((tmp_path / "n2" / MANIFEST_NAME).read_text())["n_classes"] == 3
+
+
+def test_a_test_label_the_training_split_lacks_is_refused(tmp_path, idx_factory):
+    raw = idx_factory.write_raw_dir(tmp_path / "raw", n_train=60, n_test=12, n_classes=3)
+    idx_factory.write_split(raw, "test", 12, n_classes=4)
+    with pytest.raises(ValueError, match=r"test label 3 found, but the training labels have classes 0\.\.2"):
+        partition_test(raw, "three", tmp_path / "test", n_files=1)
+    assert not (tmp_path / "test").exists()
+
+
 def test_partition_subset_too_large_names_dataset(tmp_path, idx_factory):
     raw = idx_factory.write_raw_dir(tmp_path / "raw", n_train=30, n_test=10)
-    with pytest.raises(ValueError, match="larger than the tiny training split, which has 30 records"):
+    with pytest.raises(ValueError, match=r"larger than the tiny training split, which has 30 records\. Fix: use sizes of at most 30"):
         partition_subset(raw, "tiny", size=31, seed=0, n_files=1, out_dir=tmp_path / "n31")
     assert not (tmp_path / "n31").exists()
 
