@@ -12,7 +12,8 @@ Same as the BigDL cell:
   PyTorch runs ``cores`` intra-op threads (``torch.set_num_threads``), one inter-op thread;
 - the data: the same Parquet subsets (784 raw bytes + label), normalised with the same
   constants (``dlscale.trainer.MNIST_MEAN``/``MNIST_STD``), shuffled every epoch;
-- the model: LSTM(28 -> 128) over the 28 rows of an image, its last step, Linear(128 -> 10),
+- the model: LSTM(28 -> 128) over the 28 rows of an image, its last step, Linear(128 -> n_classes)
+  (the dataset's classes, ``dlscale.trainer.manifest_classes``: 10 for MNIST),
   cross-entropy, Adam (or SGD) with the same learning rate, the global batch of
   ``dlscale.cell.global_batch`` (64 for strong scaling, 64 x cores for weak scaling), the seed.
 
@@ -50,7 +51,7 @@ from dlscale.cell import (
     start_cell_process,
     write_json_atomically,
 )
-from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS
+from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS, manifest_classes
 
 log = logging.getLogger("dlscale.torch_trainer")
 
@@ -73,7 +74,7 @@ def read_parquet_dir(directory: str) -> Tuple["object", "object"]:
 
 
 def build_model(input_size: int = 28, hidden_size: int = 128, n_classes: int = 10):
-    """The published model: LSTM over the 28 rows, last step, Linear to the 10 classes."""
+    """The published model: LSTM over the 28 rows, last step, Linear to the classes."""
     import torch
     from torch import nn
 
@@ -122,7 +123,7 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
     timings["data_load"] = time.time() - tick
 
-    model = build_model()
+    model = build_model(n_classes=manifest_classes(args.train_dir))
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate)
     generator = torch.Generator().manual_seed(args.seed)

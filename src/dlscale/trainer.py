@@ -5,7 +5,8 @@ against the cell's transient standalone master; ``dlscale.cell`` starts that clu
 the JSON this writes.
 
 The model is the published one, exactly:
-``Sequential: InferReshape([-1, 28], True) -> Recurrent(LSTM(28, 128)) -> Select(2, -1) -> Linear(128, 10)``.
+``Sequential: InferReshape([-1, 28], True) -> Recurrent(LSTM(28, 128)) -> Select(2, -1) -> Linear(128, 10)``,
+with one output per class of the dataset (``Linear(128, n_classes)``: 10 for MNIST).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ PIXELS = 28 * 28
 MNIST_MEAN = 0.13066047740239506
 MNIST_STD = 0.3081078
 PARQUET_SCHEMA = "image BINARY, label INT"  # the parts written by dlscale.partition
+MANIFEST_NAME = "_manifest.json"  # dlscale.partition.MANIFEST_NAME (that module needs pyarrow)
+
+
+def manifest_classes(train_dir: str) -> int:
+    """The dataset's number of classes, from the subset's manifest (``dlscale.partition``
+    counts them in the training labels). Subsets written before it was recorded are MNIST's: 10."""
+    with open(os.path.join(train_dir, MANIFEST_NAME)) as handle:
+        return int(json.load(handle).get("n_classes", 10))
 
 
 def build_model(input_size: int = 28, hidden_size: int = 128, n_classes: int = 10):
@@ -142,8 +151,11 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     test_rdd, test_records = load_samples(spark, args.test_dir, args.cores)
     timings["data_load"] = time.time() - tick
 
-    model = build_model()
+    n_classes = manifest_classes(args.train_dir)
+    model = build_model(n_classes=n_classes)
     model.set_seed(args.seed)
+    # BigDL's own description of the model, so the log shows the last layer's outputs.
+    print("dlscale.trainer: %d classes, model %s" % (n_classes, model), file=sys.stderr, flush=True)
     optimizer = Optimizer.create(
         model=model,
         training_set=train_rdd,
