@@ -40,8 +40,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dlscale import paths
-from dlscale.aggregate import load_metrics, load_reference
 from dlscale.grid import Grid
+from dlscale.metrics import load_metrics
+from dlscale.tables import load_reference
 
 log = logging.getLogger("dlscale.bench")
 

@@ -20,15 +20,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from dlscale import paths
+from dlscale import paths, scaling
 from dlscale.grid import GROUP_KEYS, Grid
-from dlscale.aggregate import (
-    AVERAGE,
-    core_counts,
-    group_tables,
-    load_reference,
-    condition_warnings,
-)
+from dlscale.tables import AVERAGE, condition_warnings, core_counts, group_tables, load_reference
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +30,7 @@ DPI = 120
 PANEL_INCHES = (5.6, 4.0)
 PUBLISHED_LABEL = "published (Xeon E5-2680 v3, MNIST)"
 UNKNOWN_HOST = "unknown host"
+USL_LABEL = "USL fit (dashed; scaling_model_*.md)"
 PHASE_STYLES = {"train": "-", "total": "--"}  # in the comparison figure
 NOTE_STYLE = {
     "fontsize": "small",
@@ -200,9 +195,24 @@ def _draw_speedup(ax: Axes, cells: pd.DataFrame, phase: str, sizes, cores) -> No
     speedup = group_tables(cells, phase, sizes, cores).speedup
     if _plot_size_lines(ax, speedup):
         _ideal_speedup(ax, core_counts(speedup), float(np.nanmax(speedup.to_numpy())))
+        _usl_curves(ax, speedup)
         ax.legend(title="training set", fontsize="small", title_fontsize="small")
     base = min(core_counts(speedup)) if len(speedup.columns) else 1
     ax.set_ylabel(f"speed-up vs {base} core{'s' if base > 1 else ''} (×)")
+
+
+def _usl_curves(ax: Axes, speedup: pd.DataFrame) -> None:
+    """The fitted USL curve of each size (dashed, in the size's colour), over the measured
+    points; sizes with fewer than two speed-ups have no fit (dlscale.scaling)."""
+    rows = speedup.drop(index=AVERAGE, errors="ignore")
+    cores = core_counts(rows)
+    smooth = np.geomspace(min(cores), max(cores), 64)
+    fits = scaling.fits_by_row(rows)
+    label = USL_LABEL  # one legend entry for all the curves
+    for color, size in zip(_size_colors(len(rows)), rows.index):
+        if size in fits:
+            ax.plot(smooth, fits[size].predict(smooth), color=color, linestyle="--", linewidth=1, alpha=0.8, label=label)
+            label = None
 
 
 def _draw_efficiency(ax: Axes, cells: pd.DataFrame, phase: str, sizes, cores) -> None:

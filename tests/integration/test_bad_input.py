@@ -1,6 +1,6 @@
 """Bad input gets one clear error, through the real `snakemake` command a user types.
 
-The unit tests (tests/unit/test_{config,idx,datasets,aggregate}.py) check each check; these check
+The unit tests (tests/unit/test_{config,idx,datasets,metrics,aggregate}.py) check each check; these check
 what reaches the user: the message says what is wrong and how to fix it, and configuration errors
 stop the run before any job starts (nothing is made in the working directory).
 """

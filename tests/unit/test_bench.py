@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dlscale import bench, paths
-from dlscale.aggregate import load_metrics
+from dlscale.metrics import load_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO_ROOT / "workflow" / "resources" / "published"

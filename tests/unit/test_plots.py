@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from dlscale import paths
-from dlscale.aggregate import load_metrics
 from dlscale.grid import Grid
-from dlscale.plots import PUBLISHED_LABEL, figure_published_vs_ours, figure_speedup, plot_all
-from test_aggregate import DATASET, GRID, REFERENCE_DIR, published_tables, write_grid
+from dlscale.metrics import load_metrics
+from dlscale.plots import PUBLISHED_LABEL, USL_LABEL, figure_published_vs_ours, figure_speedup, plot_all
+from synthetic_cells import DATASET, GRID, REFERENCE_DIR, published_tables, write_grid
 
 
 def _texts(fig) -> str:
@@ -72,11 +72,25 @@ def test_speedup_figure_has_one_line_per_size_and_the_ideal(cells: pd.DataFrame)
     fig = figure_speedup(cells, DATASET, GRID)
     assert len(fig.axes) == len(paths.PHASES)  # one group: one row of phase panels
     ax = fig.axes[0]
-    assert sorted(ax.get_legend_handles_labels()[1]) == ["100 records", "200 records", "ideal (N / 1)"]
+    assert sorted(ax.get_legend_handles_labels()[1]) == [
+        "100 records", "200 records", USL_LABEL, "ideal (N / 1)"
+    ]
     ideal = next(line for line in ax.get_lines() if line.get_label() == "ideal (N / 1)")
     assert list(ideal.get_ydata()) == [1, 2, 4]
     assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [1, 2, 4]
     assert "cores" in ax.get_xlabel() and "speed-up" in ax.get_ylabel()
+
+
+def test_speedup_figure_draws_the_fitted_usl_curve_of_each_size(cells: pd.DataFrame) -> None:
+    fig = figure_speedup(cells, DATASET, GRID)
+    ax = fig.axes[0]
+    curves = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(curves) == len(GRID.sizes)  # one per size, each through its measured points
+    measured = [line for line in ax.get_lines() if line.get_label().endswith(" records")]
+    for curve, points in zip(curves, measured):
+        assert curve.get_color() == points.get_color()
+        assert curve.get_ydata()[0] == pytest.approx(1.0)  # relative to the 1-core point
+        assert curve.get_xdata()[0] == 1 and curve.get_xdata()[-1] == pytest.approx(4)
 
 
 def test_partial_and_multi_group_grids_still_plot(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ os.environ.update(
 )
 
 from dlscale import paths  # noqa: E402
-from dlscale.aggregate import table_filenames  # noqa: E402
+from dlscale.paths import table_filenames  # noqa: E402
 from dlscale.config import ConfigError, check_config  # noqa: E402
 
 

@@ -39,7 +39,7 @@ def _check_declared_outputs(declared, written) -> None:
         raise RuntimeError(
             "the rule declares outputs that dlscale.aggregate does not write: "
             + ", ".join(absent)
-            + " (compare the rule's output with dlscale.aggregate.table_filenames)"
+            + " (compare the rule's output with dlscale.paths.table_filenames)"
         )
 
 

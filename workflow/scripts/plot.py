@@ -10,8 +10,8 @@ all in one folder. log: one file.
 import logging
 from pathlib import Path
 
-from dlscale.aggregate import read_cells_csv
 from dlscale.grid import Grid
+from dlscale.metrics import read_cells_csv
 from dlscale.plots import plot_all
 from dlscale.rule_script import run_logged
 
