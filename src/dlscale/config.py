@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-# Records in each split: both datasets have the MNIST shapes.
-DATASET_RECORDS = {
-    "mnist": {"train": 60000, "test": 10000},
-    "fashion-mnist": {"train": 60000, "test": 10000},
-}
+from dlscale.custom_dataset import dataset_problems
 
 
 class ConfigError(ValueError):
@@ -20,20 +16,21 @@ class ConfigError(ValueError):
 
 
 def config_problems(config: Dict) -> List[str]:
-    problems = []
     name = config["dataset"]["name"]
-    records = DATASET_RECORDS[name]
-    too_big = [size for size in config["grid"]["sizes"] if size > records["train"]]
+    # The dataset block, and the record counts read from the files (None: not on disk yet; the
+    # partition step checks the sizes then).
+    problems, records, counted_in = dataset_problems(config["dataset"])
+    too_big = [size for size in config["grid"]["sizes"] if records and size > records["train"]]
     if too_big:
         problems.append(
-            "grid.sizes %s exceed the %d training records of %s: use sizes <= %d"
-            % (too_big, records["train"], name, records["train"])
+            "grid.sizes %s exceed the %d training records of %s (%s). Fix: use sizes <= %d"
+            % (too_big, records["train"], name, counted_in, records["train"])
         )
     test_size = config["training"].get("test_size")
-    if test_size is not None and test_size > records["test"]:
+    if records and test_size is not None and test_size > records["test"]:
         problems.append(
-            "training.test_size %d exceeds the %d test records of %s: use <= %d or null"
-            % (test_size, records["test"], name, records["test"])
+            "training.test_size %d exceeds the %d test records of %s (%s). Fix: use <= %d or null"
+            % (test_size, records["test"], name, counted_in, records["test"])
         )
     batch = config["training"]["batch_size"]
     if "strong" in config.get("scaling_modes", ["strong"]):

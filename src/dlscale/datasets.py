@@ -59,11 +59,15 @@ class CatalogFile:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset: its four raw files and the mirror base URLs to try, in order."""
+    """A dataset: its four raw files and the mirror base URLs to try, in order.
+
+    ``own``: a dataset of the user's own (``dlscale.custom_dataset``), checked by the SHA-256 of
+    their config rather than a published one; only the wording of the fixes differs."""
 
     name: str
     files: tuple[CatalogFile, ...]
     mirrors: tuple[str, ...] = field(default=())
+    own: bool = False
 
 
 class DownloadError(RuntimeError):
@@ -179,7 +183,7 @@ def verify_file(path: str | Path, entry: CatalogFile) -> None:
     """Raise :class:`VerificationError` unless ``path`` passes ``entry``'s digests and IDX check."""
     problem = find_problem(path, entry)
     if problem:
-        raise VerificationError(f"{path}: {problem}. Delete it and rerun to fetch it again.")
+        raise VerificationError(f"{path}: {problem}. Fix: delete it and rerun to fetch it again.")
 
 
 def _digest_mismatch(path: str | Path, entry: CatalogFile) -> str | None:
@@ -270,6 +274,12 @@ def _copy_from_offline_dir(dataset: Dataset, entry: CatalogFile, offline_dir: Pa
             shutil.copyfileobj(src, out, _CHUNK)
 
     problem = _install_if_valid(entry, target, copy)
+    if problem and dataset.own:
+        raise VerificationError(
+            f"{source}: {problem}: it is not the file whose SHA-256 dataset.sha256 gives. Fix: put that file "
+            "back; if the files changed on purpose, record their checksums again (python -m "
+            "dlscale.custom_dataset) under a new dataset.name, so the results of the old files stay apart."
+        )
     if problem:
         raise VerificationError(
             f"{source}: {problem}. It is not the original {dataset.name} file: replace it with an "

@@ -59,15 +59,17 @@ def idx(magic: int, dims: list[int], payload: bytes) -> bytes:
 # --- configuration: one message, before any job --------------------------------------------------
 CONFIGS = {
     "unknown dataset": ({"dataset": {"name": "cifar10"}},
-                        ["dataset.name: 'cifar10' is not one of ['mnist', 'fashion-mnist']", FIX]),
+                        ["dataset.name 'cifar10' is not built in (fashion-mnist, mnist), so it names a dataset of "
+                         "your own, and dataset.sha256 is not set. Fix: record the checksums",
+                         "dataset 'cifar10' is your own: there is nowhere to fetch it from. Fix: set dataset.dir"]),
     "wrong type": ({"training": {"epochs": "two"}}, ["training.epochs: 'two' is not of type 'integer'", FIX]),
     "out of range": ({"grid": {"sizes": [1000], "cores": [0, 1]}},
                      ["grid.cores.0: 0 is less than the minimum of 1", FIX]),
     "unknown key": ({"grid": {"sizes": [1000], "cores": [1], "corez": [2]}},
                     ["grid: Additional properties are not allowed ('corez' was unexpected)", FIX]),
     "size larger than the dataset": ({"grid": {"sizes": [1000, 70000], "cores": [1]}},
-                                     ["grid.sizes [70000] exceed the 60000 training records of mnist: "
-                                      "use sizes <= 60000"]),
+                                     ["grid.sizes [70000] exceed the 60000 training records of mnist (its "
+                                      "published count, not downloaded yet). Fix: use sizes <= 60000"]),
     "cores not dividing the batch": ({"grid": {"sizes": [1000], "cores": [1, 3, 6]}},
                                      ["grid.cores [3, 6] do not divide training.batch_size 64",
                                       "use core counts that divide 64, or another batch size"]),

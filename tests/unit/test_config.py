@@ -43,7 +43,7 @@ def test_published_grid_is_the_default():
 @pytest.mark.parametrize(
     "path,value",
     [
-        (("dataset", "name"), "cifar10"),
+        (("dataset", "name"), "../cifar10"),  # a name is a folder of results/
         (("grid", "cores"), [0, 1]),
         (("grid", "sizes"), "1000"),
         (("training", "epochs"), 0),

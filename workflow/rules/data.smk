@@ -11,6 +11,8 @@ rule download:
         dataset=lambda wc: wc.dataset,
         offline_dir=config["dataset"].get("dir"),
         mirrors=config["dataset"].get("mirrors"),
+        # a dataset of your own: the checksums its files are checked by (dlscale.custom_dataset)
+        sha256=config["dataset"].get("sha256"),
     script:
         "../scripts/download.py"
 
