@@ -1,8 +1,8 @@
 """Which other cells ran beside a cell on its node: the evidence behind ``exclusive`` in
 metrics.json.
 
-Every cell holds one lock file per CPU it claimed (``dlscale.cell.claimed_cpus``, in the node's
-lock directory), and writes its name into it. ``Neighbours`` looks, every ``period_s`` while the
+Every cell holds one lock file per CPU it claimed (``dlscale.cpu_claims.claimed_cpus``, in the
+node's lock directory), and writes its name into it. ``Neighbours`` looks, every ``period_s`` while the
 cell runs, at the lock files of every other CPU: one that is locked belongs to a cell running on
 that CPU now, and its content names it. It cannot see processes that are not dlscale cells
 (other users' jobs, a test suite): ``host_load`` in metrics.json is the evidence for those.

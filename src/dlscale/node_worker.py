@@ -4,23 +4,22 @@ A cell whose cores span several nodes runs its master, driver and first worker o
 of its Slurm allocation (``dlscale.cell``) and starts this, with ``srun``, once on every other
 node. Here, on that node, it:
 
-1. claims the worker's CPUs on this node (``dlscale.cell.claimed_cpus``: the same per-CPU lock
+1. claims the worker's CPUs on this node (``dlscale.cpu_claims.claimed_cpus``: the same per-CPU lock
    files as a cell, so cells sharing the node never share a CPU) and confines itself to them;
 2. makes the worker's private scratch on this node's local storage (``$SLURM_TMPDIR`` or /tmp);
 3. runs pyspark's own ``bin/spark-class`` Worker in the foreground, bound to this node's address
    (never 0.0.0.0, never loopback) and registered with the cell's master, with the cluster's
    secret from the environment ``srun`` passed on (never on a command line);
-4. on SIGTERM (the cell's teardown, forwarded by srun; scancel; the walltime) or when the worker
-   dies, stops the worker and everything carrying this node's tag (executors, Python workers),
-   prints the tails of the executors' logs (they are in the scratch about to go, and this
-   output reaches the cell's log) and removes the scratch. It exits non-zero, naming the node,
-   if the worker died on its own.
+4. on a stop signal (SIGUSR1: the cell's teardown, forwarded by srun; SIGTERM: scancel, the
+   walltime) or when the worker dies, stops the worker and everything carrying this node's tag
+   (executors, Python workers), prints the tails of the executors' logs (they are in the scratch
+   about to go, and this output reaches the cell's log) and removes the scratch. It exits
+   non-zero, naming the node, if the worker died on its own.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import signal
@@ -28,29 +27,19 @@ import socket
 import sys
 from typing import List, Optional
 
-from dlscale.cell import Terminated, claimed_cpus, private_scratch, start_cell_process
-from dlscale.cluster import (CLUSTER_TAG_VAR, SparkInstall, daemon_env, kill_tagged, node_address, spark_class,
-                             spawn_daemon, worker_argv, write_private_files)
+from dlscale.cell_process import Terminated, start_cell_process
+from dlscale.cpu_claims import claimed_cpus
+from dlscale.scratch import private_scratch
+from dlscale.spark_node import (CLUSTER_TAG_VAR, SECRET_VAR, SparkInstall, daemon_env, kill_tagged, node_address,
+                                show_log_tails, spawn_daemon, worker_argv, write_private_files)
 
 log = logging.getLogger("dlscale.node_worker")
-
-
-def show_executor_logs(scratch: str, lines: int = 40) -> None:
-    for path in sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "std*"))):  # Spark log, JVM
-        try:
-            with open(path, errors="replace") as handle:
-                tail = handle.readlines()[-lines:]
-        except OSError:
-            continue
-        sys.stderr.write("----- last %d lines of %s on %s -----\n%s" % (
-            len(tail), os.path.relpath(path, scratch), socket.gethostname(), "".join(tail)))
-    sys.stderr.flush()
 
 
 def run_worker(args: argparse.Namespace) -> int:
     node = socket.gethostname()
     address = node_address(node)
-    secret = os.environ.get("_SPARK_AUTH_SECRET")
+    secret = os.environ.get(SECRET_VAR)
     cluster_tag = os.environ.get(CLUSTER_TAG_VAR)
     if not secret or not cluster_tag:
         log.error("started without the cluster's secret or tag in the environment: dlscale.node_worker is "
@@ -64,7 +53,7 @@ def run_worker(args: argparse.Namespace) -> int:
         log.info("node %s (%s): worker confined to CPUs %s, scratch %s", node, address, cpus, scratch)
         write_private_files(scratch)
         env = daemon_env(install, scratch, address, tag, secret)
-        worker = spawn_daemon(spark_class(install, worker_argv(args.cores, args.memory, address, args.master)),
+        worker = spawn_daemon(install.spark_class(worker_argv(args.cores, args.memory, address, args.master)),
                               env, log_path=None)
         try:
             code = worker.wait()
@@ -82,7 +71,7 @@ def run_worker(args: argparse.Namespace) -> int:
             leftovers = kill_tagged(tag)
             if leftovers:
                 log.info("node %s: killed %d leftover process(es): %s", node, len(leftovers), leftovers)
-            show_executor_logs(scratch)
+            show_log_tails(scratch, node)
             log.info("node %s: worker stopped, scratch %s removed", node, scratch)
 
 

@@ -7,7 +7,7 @@ same schema with ``backend: torch``, so that the tables and figures put both sid
 
 Same as the BigDL cell:
 
-- the CPUs: ``dlscale.cell.claimed_cpus`` claims and confines the process to ``cores`` CPUs
+- the CPUs: ``dlscale.cpu_claims.claimed_cpus`` claims and confines the process to ``cores`` CPUs
   (the same per-CPU lock files, so a torch cell never shares a CPU with another cell), and
   PyTorch runs ``cores`` intra-op threads (``torch.set_num_threads``), one inter-op thread;
 - the data: the same Parquet subsets (784 raw bytes + label), normalised with the same
@@ -20,8 +20,8 @@ Same as the BigDL cell:
 There is no cluster: ``cluster_start`` and ``cluster_stop`` are 0, ``context_start`` is the
 import of torch and the thread set-up.
 
-Failures end as a BigDL cell's do (``dlscale.cell``'s own handlers): SIGTERM, SIGINT and SIGUSR1
-(scancel, the walltime, Ctrl-C) raise ``Terminated`` in the main thread, later ones are ignored
+Failures end as a BigDL cell's do (the same handlers, ``dlscale.cell_process``): SIGTERM, SIGINT
+and SIGUSR1 (scancel, the walltime, Ctrl-C) raise ``Terminated`` in the main thread, later ones are ignored
 while it stops; ``--exit-with-parent`` (the rule ``exec``s the cell, so its parent is Snakemake)
 stops it when a killed Snakemake leaves it orphaned; any failure releases the CPU claims, writes
 no metrics.json (it is written atomically, last) and logs one ``FAILED: ...`` line; the exit
@@ -42,15 +42,9 @@ import time
 from typing import List, Optional, Tuple
 
 from dlscale import hoststat
-from dlscale.cell import (
-    Terminated,
-    claimed_cpus,
-    global_batch,
-    metrics_record,
-    parse_args,
-    start_cell_process,
-    write_json_atomically,
-)
+from dlscale.cell import global_batch, metrics_record, parse_args, write_json_atomically
+from dlscale.cell_process import Terminated, start_cell_process
+from dlscale.cpu_claims import claimed_cpus
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS, manifest_classes
 
 log = logging.getLogger("dlscale.torch_trainer")

@@ -25,6 +25,10 @@ MNIST_MEAN = 0.13066047740239506
 MNIST_STD = 0.3081078
 PARQUET_SCHEMA = "image BINARY, label INT"  # the parts written by dlscale.partition
 MANIFEST_NAME = "_manifest.json"  # dlscale.partition.MANIFEST_NAME (that module needs pyarrow)
+# The Spark settings the cell records (metrics.json ``spark_conf``, ``threads``), as this
+# SparkContext has them: what spark-submit really set, not what the cell asked for.
+RECORDED_SPARK_CONF = ("spark.master", "spark.executor.cores", "spark.cores.max", "spark.authenticate",
+                       "spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
 def manifest_classes(train_dir: str) -> int:
@@ -138,6 +142,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     from bigdl.dllib.nn.criterion import CrossEntropyCriterion
     from bigdl.dllib.nncontext import init_nncontext
     from bigdl.dllib.optim.optimizer import MaxEpoch, Optimizer, Top1Accuracy, TrainSummary
+    from bigdl.dllib.utils.common import get_node_and_core_number
     from pyspark.sql import SparkSession
 
     timings: Dict[str, float] = {}
@@ -176,6 +181,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
     from importlib.metadata import version
 
+    # BigDL's engine as it trained: one model copy per core of each node (its executor)
+    engine_nodes, engine_cores = get_node_and_core_number()
     result = {
         "train_records": train_records,
         "test_records": test_records,
@@ -184,10 +191,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         "test_accuracy": float(accuracy),
         "records_per_s": train_records * args.epochs / timings["train"],
         "executors": executor_view(sc, args.cores),
-        "spark_conf": {
-            key: sc.getConf().get(key, None)
-            for key in ("spark.master", "spark.executor.cores", "spark.cores.max", "spark.authenticate")
-        },
+        "spark_conf": {key: sc.getConf().get(key, None) for key in RECORDED_SPARK_CONF},
+        "bigdl_engine": {"nodes": int(engine_nodes), "cores_per_node": int(engine_cores)},
         "versions": {
             "python": platform.python_version(),
             "java": sc._jvm.System.getProperty("java.version"),

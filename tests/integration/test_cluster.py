@@ -10,8 +10,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from dlscale.cell import claimed_cpus
-from dlscale.cluster import SparkInstall, StandaloneCluster, tagged_pids
+from dlscale.cluster import StandaloneCluster
+from dlscale.cpu_claims import claimed_cpus
+from dlscale.spark_node import SparkInstall, tagged_pids
 from test_security import APP, REFUSED, Client, app_names, outsider_env
 
 pytestmark = pytest.mark.integration

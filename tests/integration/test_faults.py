@@ -419,8 +419,8 @@ def failed_lines(log: str) -> list[str]:
 
 def executor_log_tails(log: str, stream: str = "stderr") -> list[str]:
     """The tails of the executors' ``stream`` (stderr: the JVM's and Python workers' output; stdout:
-    the executor's Spark log) that the cell copied into its log (dlscale.cell.show_logs; their
-    files went with its scratch), each without its header and the cell's own lines after it."""
+    the executor's Spark log) that the cell copied into its log (dlscale.spark_node.show_log_tails;
+    their files went with its scratch), each without its header and the cell's own lines after it."""
     parts = re.split(r"^----- last \d+ lines of (\S+) -----\n", log, flags=re.M)
     tails = []
     for name, body in zip(parts[1::2], parts[2::2]):

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from dlscale.cell import private_scratch
-from dlscale.cluster import SparkInstall, StandaloneCluster, free_port, tagged_pids
+from dlscale.cluster import StandaloneCluster, free_port
+from dlscale.scratch import private_scratch
+from dlscale.spark_node import SparkInstall, tagged_pids
 
 pytestmark = pytest.mark.integration
 

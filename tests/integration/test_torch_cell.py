@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlscale.cell import CellError, claimed_cpus
+from dlscale.cell_process import CellError
+from dlscale.cpu_claims import claimed_cpus
 from dlscale.metrics import metrics_schema
 from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dlscale import cell
+from dlscale.cpu_claims import claimed_cpus, cpu_lock_dir
 from dlscale.neighbours import Neighbours, held_by_others
 
 
@@ -19,7 +19,7 @@ def private_lock_dir(tmp_path, monkeypatch):
 
 def _hold(owner, claimed, release, usable):
     os.sched_setaffinity(0, usable)  # forked from a confined parent: every CPU again, like a new cell
-    with cell.claimed_cpus(1, timeout_s=30, owner=owner) as cpus:
+    with claimed_cpus(1, timeout_s=30, owner=owner) as cpus:
         claimed.put(cpus)
         release.wait(30)
 
@@ -30,22 +30,22 @@ def test_a_cell_sees_who_holds_the_other_cpus_and_no_one_after_they_leave():
     claimed, release = multiprocessing.Queue(), multiprocessing.Event()
     other = multiprocessing.Process(target=_hold, args=("cell fashion-mnist n256/c1/r2", claimed, release,
                                                        sorted(os.sched_getaffinity(0))))
-    with cell.claimed_cpus(1, owner="cell me") as mine:
-        assert held_by_others(cell.cpu_lock_dir(), mine) == set()  # alone so far
-        watch = Neighbours(cell.cpu_lock_dir(), mine, period_s=0.05)
+    with claimed_cpus(1, owner="cell me") as mine:
+        assert held_by_others(cpu_lock_dir(), mine) == set()  # alone so far
+        watch = Neighbours(cpu_lock_dir(), mine, period_s=0.05)
         watch.start()
         other.start()
         theirs = claimed.get(timeout=30)
-        now = held_by_others(cell.cpu_lock_dir(), mine)
+        now = held_by_others(cpu_lock_dir(), mine)
         deadline = time.monotonic() + 30
         while not watch.seen and time.monotonic() < deadline:  # its next look, while the other holds
             time.sleep(0.05)
         release.set()
         other.join(30)
         seen = watch.stop()
-        after = held_by_others(cell.cpu_lock_dir(), mine)
+        after = held_by_others(cpu_lock_dir(), mine)
     assert theirs != mine
     assert now == {f"cell fashion-mnist n256/c1/r2 (pid {other.pid})"}
     assert seen == sorted(now)  # the watch saw it while it ran...
     assert after == set()  # ...and its released lock no longer counts
-    assert held_by_others(cell.cpu_lock_dir(), []) == set()  # our own lock is gone too
+    assert held_by_others(cpu_lock_dir(), []) == set()  # our own lock is gone too

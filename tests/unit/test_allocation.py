@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from dlscale import cell
+from dlscale.allocation import allocation_nodes
+from dlscale.cell_process import CellError
 
 THIS = socket.gethostname().split(".")[0]
 
@@ -27,30 +28,30 @@ def needs_scontrol():
 
 
 def test_a_cell_that_fits_one_node_stays_on_this_node():
-    assert cell.allocation_nodes(2, 2) == []
-    assert cell.allocation_nodes(4, None) == []  # no cores_per_node: one machine
+    assert allocation_nodes(2, 2) == []
+    assert allocation_nodes(4, None) == []  # no cores_per_node: one machine
 
 
 def test_outside_slurm_a_big_cell_runs_on_this_machine(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID")
-    assert cell.allocation_nodes(4, 2) == []
+    assert allocation_nodes(4, 2) == []
 
 
 def test_a_cell_spanning_nodes_gets_this_node_first():
-    assert cell.allocation_nodes(2, 1) == [THIS, "other-node"]
+    assert allocation_nodes(2, 1) == [THIS, "other-node"]
 
 
 def test_only_the_nodes_the_cell_needs(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "3")
     monkeypatch.setenv("SLURM_JOB_NODELIST", f"n-a,{THIS},n-b")
-    assert cell.allocation_nodes(4, 2) == [THIS, "n-a"]
+    assert allocation_nodes(4, 2) == [THIS, "n-a"]
 
 
 def test_fewer_nodes_than_needed_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
     monkeypatch.setenv("SLURM_JOB_NODELIST", THIS)
-    with pytest.raises(cell.CellError) as error:
-        cell.allocation_nodes(4, 2)
+    with pytest.raises(CellError) as error:
+        allocation_nodes(4, 2)
     message = str(error.value)
     assert "needs 2 nodes" in message and "has 1" in message and "Fix: submit it with --nodes=2" in message
 
@@ -58,19 +59,9 @@ def test_fewer_nodes_than_needed_is_one_clear_error(monkeypatch):
 @pytest.mark.parametrize("nodelist", ["other-node[1-", "", "elsewhere,other-node"])
 def test_a_node_list_that_cannot_be_read_is_one_clear_error(monkeypatch, nodelist):
     monkeypatch.setenv("SLURM_JOB_NODELIST", nodelist)
-    with pytest.raises(cell.CellError) as error:
-        cell.allocation_nodes(2, 1)
+    with pytest.raises(CellError) as error:
+        allocation_nodes(2, 1)
     assert "node list of Slurm job 77" in str(error.value) and "Fix:" in str(error.value)
-
-
-@pytest.mark.parametrize("name,problem", [("localhost", "resolves to 127.0.0.1"),
-                                          ("no-such-node.invalid", "cannot resolve")])
-def test_a_node_name_the_other_nodes_cannot_reach_is_refused(name, problem):
-    from dlscale.cluster import ClusterError, node_address
-
-    with pytest.raises(ClusterError) as error:
-        node_address(name)
-    assert problem in str(error.value) and "Fix:" in str(error.value)
 
 
 def test_without_the_node_list_in_its_environment_the_cell_asks_the_controller(monkeypatch):
@@ -79,6 +70,6 @@ def test_without_the_node_list_in_its_environment_the_cell_asks_the_controller(m
     monkeypatch.delenv("SLURM_JOB_NODELIST")
     monkeypatch.delenv("SLURM_JOB_NUM_NODES")
     monkeypatch.setenv("SLURM_JOB_ID", "999999999")
-    with pytest.raises(cell.CellError) as error:
-        cell.allocation_nodes(2, 1)
+    with pytest.raises(CellError) as error:
+        allocation_nodes(2, 1)
     assert "scontrol show job 999999999" in str(error.value) and "Fix:" in str(error.value)
