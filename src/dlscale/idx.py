@@ -158,6 +158,18 @@ def read_labels(path: str | Path) -> np.ndarray:
     return parse_idx(read_payload(path), path, ndim=1, what="labels")
 
 
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 array (N x 28 x 28 images, or N labels) as an IDX file, gzip-compressed when
+    the name ends in .gz (with no timestamp, so the same records give the same SHA-256)."""
+    data = np.ascontiguousarray(array)
+    if data.dtype != np.uint8 or data.ndim not in (1, 3):
+        raise ValueError(f"IDX files here hold uint8 labels (N) or images (N x rows x cols), got {data.dtype} {data.shape}")
+    payload = bytes([0, 0, UBYTE, data.ndim]) + b"".join(d.to_bytes(4, "big") for d in data.shape) + data.tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(payload, mtime=0) if path.name.endswith(".gz") else payload)
+    return path
+
+
 def load_split(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read the images (N x 28 x 28) and labels (N) of ``split`` ("train"/"test") from ``raw_dir``.
 

@@ -118,6 +118,7 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
     timings["data_load"] = time.time() - tick
 
     model = build_model(n_classes=manifest_classes(args.train_dir))
+    log.info("model: %s", model)  # shows the last layer's outputs, one per class
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate)
     generator = torch.Generator().manual_seed(args.seed)

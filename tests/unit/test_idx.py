@@ -18,6 +18,7 @@ from dlscale.idx import (
     read_images,
     read_labels,
     split_file_names,
+    write_idx,
 )
 from dlscale_testing import FASHION_MNIST
 
@@ -162,6 +163,17 @@ def test_test_labels_must_be_training_classes():
     check_test_classes(np.array([0, 2, 1], dtype=np.uint8), "t.gz", 3)
     with pytest.raises(IdxFormatError, match=r"test label 5 found, but the training labels have classes 0\.\.2"):
         check_test_classes(np.array([0, 5], dtype=np.uint8), "t.gz", 3)
+
+
+def test_write_idx_round_trips_and_is_reproducible(tmp_path, idx_factory):
+    images, labels = idx_factory.arrays(12, n_classes=3)
+    write_idx(tmp_path / "i.gz", images), write_idx(tmp_path / "l", labels)
+    assert np.array_equal(read_images(tmp_path / "i.gz"), images)
+    assert np.array_equal(read_labels(tmp_path / "l"), labels)
+    first = (tmp_path / "i.gz").read_bytes()
+    assert write_idx(tmp_path / "i.gz", images).read_bytes() == first  # no gzip timestamp
+    with pytest.raises(ValueError, match="uint8"):
+        write_idx(tmp_path / "f", images.astype(np.float32))
 
 
 def test_read_dims_reads_the_header_only(tmp_path, idx_factory):
