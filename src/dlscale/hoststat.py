@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (idle 3, iowait 4 are idle)
 
@@ -35,11 +35,16 @@ def cpu_busy_ticks(cpus: Sequence[int], stat_text: str = "") -> Dict[int, int]:
     return out
 
 
-def load_average() -> float:
+def load_averages() -> Tuple[float, float, float]:
+    """The 1-, 5- and 15-minute load averages (NaN where the system cannot tell)."""
     try:
-        return os.getloadavg()[0]
+        return tuple(os.getloadavg())
     except OSError:
-        return float("nan")
+        return (float("nan"),) * 3
+
+
+def load_average() -> float:
+    return load_averages()[0]
 
 
 @dataclass

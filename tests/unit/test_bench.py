@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic on synthetic metrics (nothing here is timed)."""
+"""The benchmark on synthetic metrics: its arithmetic, report and report-only path (nothing here is timed)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dlscale import bench, paths
+from dlscale import bench, bench_report, bench_summary, paths
 from dlscale.metrics import load_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PUBLISHED = REPO_ROOT / "workflow" / "resources" / "published"
+PUBLISHED = REPO_ROOT / paths.PUBLISHED_DIR
 
 
 def metrics(backend, scaling, cores, rep, train, *, size=5000, start=2.0, stop=0.5, load=1.5, total=None):
@@ -66,7 +66,7 @@ def cells(tmp_path):
 
 
 def test_speedup_and_efficiency_come_from_mean_train_times(cells):
-    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    summary = bench_summary.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
     bigdl = next(g for g in summary["groups"] if g["backend"] == "bigdl")
     figures = bigdl["scaling_figures"]
     assert figures["base_cores"] == 1 and figures["cores"] == 2
@@ -84,7 +84,7 @@ def test_speedup_and_efficiency_come_from_mean_train_times(cells):
 
 
 def test_study_wall_time_is_compared_with_the_sum_of_train_phases(cells):
-    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    summary = bench_summary.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
     study = summary["studies"]["bigdl"]
     assert study["cells"] == 6
     assert study["sum_train_s"] == pytest.approx(3 * 10.0 + 3 * 5.5)
@@ -93,7 +93,7 @@ def test_study_wall_time_is_compared_with_the_sum_of_train_phases(cells):
 
 
 def test_published_figures_beside_ours():
-    published = bench.published_figures(5000, 2, PUBLISHED)
+    published = bench_summary.published_figures(5000, 2, PUBLISHED)
     assert published["size"] == 5000
     assert published["speedup"] == pytest.approx(1.42)
     assert published["efficiency"] == pytest.approx(0.71)
@@ -102,12 +102,12 @@ def test_published_figures_beside_ours():
     assert published["best_speedup"] == pytest.approx(2.35)
     assert published["best_speedup_at"] == "8 cores, 60000 records"
     # a size the paper does not have: the nearest one
-    assert bench.published_figures(4000, 2, PUBLISHED)["size"] == 5000
+    assert bench_summary.published_figures(4000, 2, PUBLISHED)["size"] == 5000
 
 
 def test_targets_met_and_missed(cells):
-    summary = bench.summarize(cells, {"bigdl": 60.0}, PUBLISHED)
-    results = {t["target"]: t for t in bench.check_targets(summary)}
+    summary = bench_summary.summarize(cells, {"bigdl": 60.0}, PUBLISHED)
+    results = {t["target"]: t for t in bench_summary.check_targets(summary)}
     assert set(results) == {
         "train-phase efficiency at 2 cores",
         "fixed overhead per cell (s)",
@@ -126,8 +126,8 @@ def test_targets_met_and_missed(cells):
 
 def test_targets_on_a_faster_run(tmp_path):
     docs = [metrics("bigdl", "strong", c, r, t) for r in (1, 2) for c, t in ((1, 8.0), (2, 4.2))]
-    summary = bench.summarize(write_cells(tmp_path, docs), {"bigdl": 30.0}, PUBLISHED)
-    results = {t["target"]: t["met"] for t in bench.check_targets(summary)}
+    summary = bench_summary.summarize(write_cells(tmp_path, docs), {"bigdl": 30.0}, PUBLISHED)
+    results = {t["target"]: t["met"] for t in bench_summary.check_targets(summary)}
     assert results == {
         "train-phase efficiency at 2 cores": True,  # 8 / 4.2 / 2 = 0.95
         "fixed overhead per cell (s)": True,
@@ -137,19 +137,19 @@ def test_targets_on_a_faster_run(tmp_path):
 
 
 def test_a_missing_wall_time_is_not_a_met_target(cells):
-    summary = bench.summarize(cells, {}, PUBLISHED)
-    study = {t["target"]: t for t in bench.check_targets(summary)}["study wall time / sum of train phases"]
+    summary = bench_summary.summarize(cells, {}, PUBLISHED)
+    study = {t["target"]: t for t in bench_summary.check_targets(summary)}["study wall time / sum of train phases"]
     assert math.isnan(study["value"]) and not study["met"]
 
 
 def test_report_and_figure_are_written(cells, tmp_path, capsys):
-    summary = bench.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
-    targets = bench.check_targets(summary)
+    summary = bench_summary.summarize(cells, {"bigdl": 60.0, "torch": 20.0}, PUBLISHED)
+    targets = bench_summary.check_targets(summary)
     context = {"dataset": "fashion-mnist", "size": 5000, "cores": [1, 2], "repetitions": 3, "epochs": 1,
                "host": "h", "cpus_usable": 2, "study_tables": "t", "study_figures": "f"}
     out = tmp_path / "bench"
     out.mkdir()
-    report = bench.write_outputs(out, cells, summary, targets, context)
+    report = bench_report.write_outputs(out, cells, summary, targets, context)
     assert "1.82x (2 vs 1 cores)" in report  # BigDL strong: 10 / 5.5
     assert "published BigDL (Xeon, MNIST), 5000 records | strong | 1.42x | 71 %" in report
     assert "[met] train-phase efficiency at 2 cores (strong): 0.91 >= 0.90" in report
@@ -166,13 +166,13 @@ def test_report_and_figure_are_written(cells, tmp_path, capsys):
 def test_weak_scaling_groups_are_labelled_separately(tmp_path):
     docs = [metrics("bigdl", scaling, c, 1, t) for scaling in ("strong", "weak") for c, t in ((1, 10.0), (2, 6.0))]
     docs[-1]["timings_s"]["train"] = 5.0
-    summary = bench.summarize(write_cells(tmp_path, docs), {"bigdl": 40.0}, PUBLISHED)
+    summary = bench_summary.summarize(write_cells(tmp_path, docs), {"bigdl": 40.0}, PUBLISHED)
     by_mode = {g["scaling"]: g for g in summary["groups"]}
     assert by_mode["weak"]["batch_size"] == {1: 64, 2: 128}
     assert by_mode["strong"]["batch_size"] == {1: 64, 2: 64}
     assert by_mode["weak"]["scaling_figures"]["speedup_train"] == pytest.approx(2.0)
     assert by_mode["strong"]["scaling_figures"]["speedup_train"] == pytest.approx(10 / 6)
-    scalings = sorted({t["scaling"] for t in bench.check_targets(summary)})
+    scalings = sorted({t["scaling"] for t in bench_summary.check_targets(summary)})
     assert scalings == ["all", "strong", "weak"]
 
 
@@ -210,20 +210,35 @@ def test_steady_throughput_is_the_second_half_of_bigdls_iterations(tmp_path):
         "[Epoch 1 64/5000][Iteration %d][Wall Clock 1s] Trained 64.0 records in %s seconds. Throughput is x" % (i, t)
         for i, t in enumerate([1.0, 0.5, 0.2, 0.2, 0.1, 0.3], start=1)
     ]
-    assert bench.steady_throughput("\n".join(lines)) == pytest.approx(3 * 64 / 0.6)
-    assert math.isnan(bench.steady_throughput("no iterations here"))
+    assert bench_summary.steady_throughput("\n".join(lines)) == pytest.approx(3 * 64 / 0.6)
+    assert math.isnan(bench_summary.steady_throughput("no iterations here"))
 
 
 def test_steady_throughput_column_from_the_cells_logs(cells, tmp_path):
     for row in cells.itertuples(index=False):
-        log = bench.cell_log(tmp_path, (row.dataset, row.backend, row.scaling, row.size, row.cores, row.repetition))
+        log = tmp_path / paths.cell_log_file(row.dataset, row.backend, row.scaling, row.size, row.cores, row.repetition)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("Trained 64.0 records in 0.1 seconds.\nTrained 64.0 records in 0.2 seconds.\n"
                        if row.backend == "bigdl" else "")
-    with_steady = bench.add_steady_throughput(cells, tmp_path)
+    with_steady = bench_summary.add_steady_throughput(cells, tmp_path)
     bigdl = with_steady[with_steady["backend"] == "bigdl"]["steady_records_per_s"]
     assert bigdl.tolist() == pytest.approx([320.0] * len(bigdl))  # the second of the two iterations
     assert with_steady[with_steady["backend"] == "torch"]["steady_records_per_s"].isna().all()
-    summary = bench.summarize(with_steady, {}, PUBLISHED)
+    summary = bench_summary.summarize(with_steady, {}, PUBLISHED)
     group = next(g for g in summary["groups"] if g["backend"] == "bigdl")
     assert group["cores"]["2"]["steady_records_per_s_per_core"] == pytest.approx(160.0)
+
+
+def test_report_only_rebuilds_the_report_from_the_last_run(tmp_path, capsys):
+    out = tmp_path / "bench"
+    docs = [metrics(backend, "strong", cores, rep, 10.0 / cores) for backend in ("bigdl", "torch")
+            for cores in (1, 2) for rep in (1, 2)]
+    write_cells(out / "work", docs)
+    previous = {"context": {"dataset": "fashion-mnist", "study_tables": "t", "study_figures": "f"},
+                "summary": {"studies": {"bigdl": {"wall_s": 50.0}, "torch": {"wall_s": 30.0}}}}
+    (out / "bench.json").write_text(json.dumps(previous))
+    assert bench.main(["--report-only", "--out", str(out), "--scaling", "strong", "--reps", "2"]) == 0
+    saved = json.loads((out / "bench.json").read_text())
+    assert {b: s["wall_s"] for b, s in saved["summary"]["studies"].items()} == {"bigdl": 50.0, "torch": 30.0}
+    assert saved["summary"]["studies"]["bigdl"]["cells"] == 4 and (out / "bench.md").is_file()
+    assert "targets met." in capsys.readouterr().out

@@ -74,3 +74,14 @@ def test_busy_ticks_of_a_cpu_grow_while_this_process_spins_on_it():
     assert end.ticks[cpu] > start.ticks[cpu], (start.ticks, end.ticks, spins)
     report = hoststat.busy_report(start, end)
     assert 0 < report["cpus_busy_share"] <= 1.0, report
+
+
+def test_load_averages_are_nan_where_the_system_cannot_tell(monkeypatch):
+    monkeypatch.setattr(hoststat.os, "getloadavg", lambda: (0.5, 0.25, 0.125))
+    assert hoststat.load_averages() == (0.5, 0.25, 0.125) and hoststat.load_average() == 0.5
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(hoststat.os, "getloadavg", unavailable)
+    assert all(value != value for value in hoststat.load_averages())  # NaN
