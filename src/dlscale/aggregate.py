@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from dlscale import paths
+from dlscale.analysis import enrich_cells, write_analysis
 from dlscale.grid import CELL_KEYS, GROUP_KEYS, Grid, existing_metrics, missing_cells, select_grid_cells
 from dlscale.markdown import MISSING, TableContext, ratio_markdown, runtime_markdown
 from dlscale.metrics import load_metrics
@@ -51,8 +52,11 @@ def aggregate(
     workdir: str | Path = ".",
     allow_partial: bool = False,
     schema_path: str | Path | None = None,
+    reference_dir: str | Path | None = None,
 ) -> list[Path]:
-    """Load the cells, check the grid is complete (or allowed partial), write every table.
+    """Load the cells, check the grid is complete (or allowed partial), write every table,
+    and the scaling-model and cost tables (dlscale.analysis; ``reference_dir``: the published
+    tables, fitted beside ours).
 
     ``metrics_paths`` is the explicit list of metrics files (a Snakemake rule's input); when
     None, the grid's cells that exist under ``workdir`` are found via ``paths.cell_dir``.
@@ -65,7 +69,7 @@ def aggregate(
         metrics_paths = [p for p in metrics_paths if not str(p).endswith(SETTINGS_SUFFIX)]
     if metrics_paths is None:
         metrics_paths = existing_metrics(grid, workdir)
-    cells = select_grid_cells(load_metrics(metrics_paths, schema_path), grid)
+    cells = enrich_cells(select_grid_cells(load_metrics(metrics_paths, schema_path), grid))
     missing = missing_cells(grid, cells)
     out_dir.mkdir(parents=True, exist_ok=True)
     listing = out_dir / paths.MISSING_CSV
@@ -81,7 +85,10 @@ def aggregate(
             listing,
         )
     log.info("aggregating %d cells of %s into %s", len(cells), grid.dataset, out_dir)
-    return write_tables(cells, out_dir, grid.dataset, grid=grid, missing=missing)
+    written = write_tables(cells, out_dir, grid.dataset, grid=grid, missing=missing)
+    return written + write_analysis(
+        cells, out_dir, grid.dataset, grid.groups(), sizes=grid.sizes, cores=grid.cores, reference_dir=reference_dir
+    )
 
 
 def write_tables(

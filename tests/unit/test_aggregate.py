@@ -11,6 +11,7 @@ import pytest
 
 from dlscale import paths
 from dlscale.aggregate import MissingCellsError, aggregate
+from dlscale.analysis import analysis_filenames
 from dlscale.grid import Grid
 from dlscale.metrics import read_cells_csv
 from dlscale.paths import CELLS_CSV, MISSING_CSV, table_filenames
@@ -22,7 +23,8 @@ def test_complete_grid_writes_every_named_file(tmp_path: Path) -> None:
     write_grid(tmp_path)
     out = tmp_path / paths.tables_dir(DATASET)
     written = aggregate(GRID, out, workdir=tmp_path)
-    assert sorted(p.name for p in written) == sorted(table_filenames(["bigdl"], ["strong"]))
+    analysis = [name for names in analysis_filenames(["bigdl"], ["strong"]).values() for name in names]
+    assert sorted(p.name for p in written) == sorted(table_filenames(["bigdl"], ["strong"]) + analysis)
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     assert pd.read_csv(out / MISSING_CSV).empty  # header only
     assert list(pd.read_csv(out / MISSING_CSV).columns)[-1] == "path"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from dlscale.aggregate import aggregate
+from dlscale.analysis import analysis_filenames
 from dlscale.grid import Grid
 from dlscale.metrics import load_metrics
 from dlscale.paths import table_filenames
@@ -70,7 +71,8 @@ def test_weak_scaling_gets_its_own_tables_with_the_same_definitions(tmp_path: Pa
     write_grid(tmp_path, weak_s, scaling="weak")
     grid = Grid.from_params(DATASET, "bigdl", ["strong", "weak"], GRID.sizes, GRID.cores, 2)
     written = aggregate(grid, tmp_path / "t", workdir=tmp_path)
-    assert sorted(p.name for p in written) == sorted(table_filenames(["bigdl"], ["strong", "weak"]))
+    analysis = [name for names in analysis_filenames("bigdl", ["strong", "weak"]).values() for name in names]
+    assert sorted(p.name for p in written) == sorted(table_filenames(["bigdl"], ["strong", "weak"]) + analysis)
     weak = pd.read_csv(tmp_path / "t" / "speedup_train_bigdl_weak.csv", index_col="size")
     strong = pd.read_csv(tmp_path / "t" / "speedup_train_bigdl_strong.csv", index_col="size")
     assert weak.loc["200", "cores_4"] == round(21 / (7.25 / 2), 2)

@@ -1,3 +1,6 @@
+from dlscale.analysis import analysis_files
+
+
 rule aggregate:
     input:
         existing_or_all_cells,
@@ -10,6 +13,20 @@ rule aggregate:
         ),
         missing=f"{paths.tables_dir(DATASET)}/missing_cells.csv",
         tables=table_files(),
+        models=report(
+            analysis_files(
+                DATASET, config["backends"], config["scaling_modes"], "models"
+            ),
+            caption="../report/scaling_model.rst",
+            category="Scaling model",
+        ),
+        cost=report(
+            analysis_files(
+                DATASET, config["backends"], config["scaling_modes"], "cost"
+            ),
+            caption="../report/cost.rst",
+            category="Cost",
+        ),
     log:
         f"results/logs/aggregate/{DATASET}.log",
     conda:
@@ -19,6 +36,7 @@ rule aggregate:
     params:
         **grid_params(),
         allow_partial=config["aggregate"]["allow_partial"],
+        reference_dir=PUBLISHED_DIR,
     script:
         "../scripts/aggregate.py"
 

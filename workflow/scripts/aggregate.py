@@ -1,9 +1,11 @@
 """Snakemake script of the aggregate rule: the cells' metrics.json -> tables (logic in dlscale.aggregate).
 
-params: dataset, sizes, cores, repetitions (a count), backends, scaling_modes, allow_partial.
+params: dataset, sizes, cores, repetitions (a count), backends, scaling_modes, allow_partial,
+reference_dir (optional: the published tables, whose scaling model is fitted beside ours).
 input: the metrics.json files (with allow_partial, only those that exist; when the rule gives
 none, the grid's cells are looked up under the working directory via dlscale.paths.cell_dir).
-output: files in one folder (paths.tables_dir): cells.csv, missing_cells.csv and the tables.
+output: files in one folder (paths.tables_dir): cells.csv, missing_cells.csv, the tables, the
+scaling-model and cost tables (dlscale.analysis).
 log: one file.
 """
 
@@ -26,7 +28,14 @@ def main(smk) -> None:
     if len(out_dirs) != 1:
         raise ValueError(f"the aggregate outputs must share one folder, got {sorted(map(str, out_dirs))}")
     metrics = list(smk.input) or None  # None: find the grid's existing cells on disk
-    written = aggregate(grid, out_dirs.pop(), metrics, workdir=Path.cwd(), allow_partial=bool(params.allow_partial))
+    written = aggregate(
+        grid,
+        out_dirs.pop(),
+        metrics,
+        workdir=Path.cwd(),
+        allow_partial=bool(params.allow_partial),
+        reference_dir=getattr(params, "reference_dir", None) or None,
+    )
     _check_declared_outputs(smk.output, written)
     log.info("wrote %d files", len(written))
 
