@@ -54,6 +54,8 @@ def _times(value: float) -> str:
 def speedup_summary(cores: int, speedup: float, cost_ratio: float) -> str:
     """'2 cores: 1.50x faster, 1.33x the core-hours' (slower: '0.96x as fast')."""
     unit = "core" if cores == 1 else "cores"
+    if speedup == 1 and cost_ratio == 1:
+        return f"{cores} {unit}: the baseline"
     pace = f"{_times(speedup)} faster" if not math.isnan(speedup) and speedup >= 1 else f"{_times(speedup)} as fast"
     return f"{cores} {unit}: {pace}, {_times(cost_ratio)} the core-hours"
 

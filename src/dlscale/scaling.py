@@ -33,7 +33,7 @@ KAPPA_BOUNDS = (0.0, 10.0)  # kappa 10 already halves the speed-up at 2 cores: n
 # Least squares stops short of the bound kappa = 0 by ~1e-9 on an Amdahl curve (its N* then
 # reads tens of thousands of cores): below this, kappa is 0 and the curve has no peak.
 KAPPA_ZERO = 1e-8
-FEW_POINTS_WARNING = "fewer than 3 core counts: the fit is not meaningful"
+FEW_POINTS_WARNING = "fewer than 3 core counts: only Amdahl's law (κ = 0) fitted, no peak can be predicted"
 PUBLISHED_RUNTIME_CSV = "seed_runtime_seconds.csv"
 AVERAGE = "average"
 # Columns of a fit table, in order (ScalingFit.as_row).
@@ -116,22 +116,28 @@ def fit_usl(cores: Sequence[int], speedups: Sequence[float]) -> ScalingFit | Non
     measured = np.array([p[1] for p in pairs])
     base = n[0]
 
+    # Two points (one speed-up beside the base) determine one parameter: sigma and kappa
+    # together would fit them in endless ways, so kappa stays 0 (Amdahl) and the fit warns.
+    amdahl_only = len(pairs) < MIN_POINTS
+
     def residuals(params: np.ndarray) -> np.ndarray:
-        sigma, kappa = params
+        sigma, kappa = (params[0], 0.0) if amdahl_only else params
         return usl_speedup(n, sigma, kappa) / usl_speedup([base], sigma, kappa)[0] - measured
 
+    lower, upper = [SIGMA_BOUNDS[0], KAPPA_BOUNDS[0]], [SIGMA_BOUNDS[1], KAPPA_BOUNDS[1]]
+    width = 1 if amdahl_only else 2
     result = least_squares(
         residuals,
-        x0=[0.1, 0.001],
-        bounds=([SIGMA_BOUNDS[0], KAPPA_BOUNDS[0]], [SIGMA_BOUNDS[1], KAPPA_BOUNDS[1]]),
+        x0=[0.1, 0.001][:width],
+        bounds=(lower[:width], upper[:width]),
         x_scale="jac",  # sigma ~0.1 and kappa ~0.001 differ by orders of magnitude
         xtol=1e-15,
         ftol=1e-15,
         gtol=1e-15,
     )
-    sigma, kappa = (float(v) for v in result.x)
+    sigma, kappa = (float(result.x[0]), 0.0) if amdahl_only else (float(v) for v in result.x)
     kappa = 0.0 if kappa < KAPPA_ZERO else kappa
-    warning = FEW_POINTS_WARNING if len(pairs) < MIN_POINTS else None
+    warning = FEW_POINTS_WARNING if amdahl_only else None
     return ScalingFit(
         sigma=sigma,
         kappa=kappa,

@@ -47,6 +47,8 @@ def test_two_core_counts_fit_with_a_plain_warning_and_missing_points_are_skipped
     fit = scaling.fit_usl([1, 2, 4], [1.0, 1.5, float("nan")])
     assert fit.cores == (1, 2)
     assert fit.warning == scaling.FEW_POINTS_WARNING
+    # one speed-up determines one parameter: Amdahl's sigma, 2 / 1.5 - 1
+    assert (fit.sigma, fit.kappa) == (pytest.approx(1 / 3, abs=1e-9), 0.0)
     assert scaling.fit_usl([1, 2], [1.0, float("nan")]) is None
 
 
