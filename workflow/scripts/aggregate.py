@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dlscale.aggregate import aggregate
 from dlscale.grid import Grid
-from dlscale.rule_script import run_logged
+from dlscale.rule_script import check_declared_outputs, one_folder, run_logged
 
 log = logging.getLogger("dlscale.aggregate")
 
@@ -24,32 +24,18 @@ def main(smk) -> None:
     grid = Grid.from_params(
         params.dataset, params.backends, params.scaling_modes, params.sizes, params.cores, int(params.repetitions)
     )
-    out_dirs = {Path(path).parent for path in smk.output}
-    if len(out_dirs) != 1:
-        raise ValueError(f"the aggregate outputs must share one folder, got {sorted(map(str, out_dirs))}")
+    out_dir = one_folder(smk.output, "aggregate outputs")
     metrics = list(smk.input) or None  # None: find the grid's existing cells on disk
     written = aggregate(
         grid,
-        out_dirs.pop(),
+        out_dir,
         metrics,
         workdir=Path.cwd(),
         allow_partial=bool(params.allow_partial),
         reference_dir=getattr(params, "reference_dir", None) or None,
     )
-    _check_declared_outputs(smk.output, written)
+    check_declared_outputs(smk.output, written, "dlscale.aggregate")
     log.info("wrote %d files", len(written))
-
-
-def _check_declared_outputs(declared, written) -> None:
-    """Fail here, with the names, rather than in Snakemake's 'missing output' check."""
-    produced = {Path(p).resolve() for p in written}
-    absent = [p for p in declared if Path(p).resolve() not in produced]
-    if absent:
-        raise RuntimeError(
-            "the rule declares outputs that dlscale.aggregate does not write: "
-            + ", ".join(absent)
-            + " (compare the rule's output with dlscale.paths.table_filenames)"
-        )
 
 
 if __name__ == "__main__":

@@ -6,28 +6,21 @@ SHA-256, for a dataset of your own; optional), timeout (seconds, optional).
 output: the four files, all in one folder (resources/<dataset>/raw/). log: one file.
 """
 
-from pathlib import Path
-
 from dlscale.custom_dataset import dataset_catalog
 from dlscale.datasets import DEFAULT_TIMEOUT_S, fetch_dataset
-from dlscale.rule_script import run_logged
+from dlscale.rule_script import check_declared_outputs, one_folder, run_logged
 
 
 def main(smk) -> None:
-    dest_dirs = {Path(path).parent for path in smk.output}
-    if len(dest_dirs) != 1:
-        raise ValueError(f"the download outputs must share one folder, got {sorted(map(str, dest_dirs))}")
     fetched = fetch_dataset(
         smk.params.dataset,
-        dest_dirs.pop(),
+        one_folder(smk.output, "download outputs"),
         offline_dir=getattr(smk.params, "offline_dir", None) or None,
         mirrors=getattr(smk.params, "mirrors", None) or None,
         timeout=float(getattr(smk.params, "timeout", None) or DEFAULT_TIMEOUT_S),
         catalog=dataset_catalog(smk.params.dataset, getattr(smk.params, "sha256", None)),
     )
-    missing = {Path(path) for path in smk.output} - set(fetched)
-    if missing:
-        raise ValueError(f"outputs not among the files of {smk.params.dataset}: {sorted(map(str, missing))}")
+    check_declared_outputs(smk.output, fetched, f"dlscale.datasets.fetch_dataset({smk.params.dataset!r})")
 
 
 if __name__ == "__main__":

@@ -6,20 +6,16 @@ input: the raw IDX files (all in one folder). output: the subset/test folder. lo
 """
 
 import logging
-from pathlib import Path
 
 from dlscale.partition import partition_subset, partition_test
-from dlscale.rule_script import run_logged
+from dlscale.rule_script import one_folder, run_logged
 
 log = logging.getLogger("dlscale.partition")
 
 
 def main(smk) -> None:
     params = smk.params
-    raw_dirs = {Path(path).parent for path in smk.input}
-    if len(raw_dirs) != 1:
-        raise ValueError(f"the partition inputs must share one folder, got {sorted(map(str, raw_dirs))}")
-    raw_dir, out_dir = raw_dirs.pop(), smk.output[0]
+    raw_dir, out_dir = one_folder(smk.input, "partition inputs"), smk.output[0]
     if params.split == "train":
         manifest = partition_subset(
             raw_dir, params.dataset, int(params.size), int(params.seed), int(params.n_files), out_dir

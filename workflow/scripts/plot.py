@@ -13,7 +13,7 @@ from pathlib import Path
 from dlscale.grid import Grid
 from dlscale.metrics import read_cells_csv
 from dlscale.plots import plot_all
-from dlscale.rule_script import run_logged
+from dlscale.rule_script import check_declared_outputs, one_folder, run_logged
 
 log = logging.getLogger("dlscale.plots")
 
@@ -25,18 +25,13 @@ def main(smk) -> None:
     grid = None
     if all(hasattr(params, name) for name in GRID_PARAMS):
         grid = Grid.from_params(params.dataset, *(getattr(params, name) for name in GRID_PARAMS))
-    out_dirs = {Path(path).parent for path in smk.output}
-    if len(out_dirs) != 1:
-        raise ValueError(f"the plot outputs must share one folder, got {sorted(map(str, out_dirs))}")
+    out_dir = one_folder(smk.output, "plot outputs")
     reference_dir = getattr(params, "reference_dir", None) or None
     if reference_dir is None or not Path(reference_dir).is_dir():
         log.warning("published tables not found (%s): the comparison figure shows ours only", reference_dir)
     cells = read_cells_csv(smk.input.get("cells", smk.input[0]))
-    written = plot_all(cells, out_dirs.pop(), params.dataset, grid=grid, reference_dir=reference_dir)
-    produced = {p.resolve() for p in written}
-    absent = [p for p in smk.output if Path(p).resolve() not in produced]
-    if absent:
-        raise RuntimeError(f"the rule declares figures that dlscale.plots does not draw: {', '.join(absent)}")
+    written = plot_all(cells, out_dir, params.dataset, grid=grid, reference_dir=reference_dir)
+    check_declared_outputs(smk.output, written, "dlscale.plots")
 
 
 if __name__ == "__main__":
