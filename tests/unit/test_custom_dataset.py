@@ -61,6 +61,14 @@ def test_the_download_step_copies_and_checks_the_files_by_those_checksums(own_fi
         fetch_dataset("three", tmp_path / "raw2", offline_dir=own_files, catalog=dataset_catalog("three", sha256))
 
 
+def test_own_files_can_come_from_mirrors_of_the_users(own_files, tmp_path):
+    sha256 = own_config(own_files)["dataset"]["sha256"]
+    fetched = fetch_dataset("three", tmp_path / "raw", mirrors=[own_files.as_uri() + "/"],
+                            catalog=dataset_catalog("three", sha256))
+    assert [p.read_bytes() for p in fetched] == [(own_files / n).read_bytes() for n in RAW_FILE_NAMES]
+    assert dataset_problems({"name": "three", "sha256": sha256, "mirrors": [own_files.as_uri()]})[0] == []
+
+
 def test_sizes_and_test_size_are_checked_against_the_counts_in_the_files(own_files):
     config = own_config(own_files, test_size=13)
     config["grid"]["sizes"] = [20, 61]
