@@ -59,6 +59,15 @@ def test_the_download_step_copies_and_checks_the_files_by_those_checksums(own_fi
     with pytest.raises(VerificationError, match=r"checksum mismatch.*it is not the file whose SHA-256 dataset.sha256 "
                                                 r"gives\. Fix: put that file back.*under a new dataset.name"):
         fetch_dataset("three", tmp_path / "raw2", offline_dir=own_files, catalog=dataset_catalog("three", sha256))
+    assert not (tmp_path / "raw2" / "t10k-images-idx3-ubyte.gz").exists()  # nothing under its name
+
+
+def test_once_copied_the_counts_come_from_the_raw_folder(own_files, tmp_path):
+    sha256 = own_config(own_files)["dataset"]["sha256"]
+    fetch_dataset("three", tmp_path / "resources/three/raw", offline_dir=own_files,
+                  catalog=dataset_catalog("three", sha256))
+    problems, records, counted_in = dataset_problems({"name": "three", "sha256": sha256, "mirrors": ["file:///x"]})
+    assert problems == [] and records == {"train": 60, "test": 12} and counted_in == "the files in resources/three/raw"
 
 
 def test_own_files_can_come_from_mirrors_of_the_users(own_files, tmp_path):
