@@ -16,6 +16,7 @@ import pandas as pd
 
 from dlscale import paths
 from dlscale.analysis import enrich_cells, write_analysis
+from dlscale.plan import plan_file
 from dlscale.grid import CELL_KEYS, GROUP_KEYS, Grid, existing_metrics, missing_cells, select_grid_cells
 from dlscale.markdown import MISSING, TableContext, ratio_markdown, runtime_markdown
 from dlscale.metrics import load_metrics
@@ -87,7 +88,14 @@ def aggregate(
     log.info("aggregating %d cells of %s into %s", len(cells), grid.dataset, out_dir)
     written = write_tables(cells, out_dir, grid.dataset, grid=grid, missing=missing)
     return written + write_analysis(
-        cells, out_dir, grid.dataset, grid.groups(), sizes=grid.sizes, cores=grid.cores, reference_dir=reference_dir
+        cells,
+        out_dir,
+        grid.dataset,
+        grid.groups(),
+        sizes=grid.sizes,
+        cores=grid.cores,
+        reference_dir=reference_dir,
+        plan_csv=Path(workdir) / plan_file(grid.dataset),
     )
 
 

@@ -105,3 +105,25 @@ def test_two_core_grid_warns_in_the_markdown(tmp_path: Path) -> None:
     scaling.write_models(cells, tmp_path, "demo", [("bigdl", "strong")], ("train",))
     text = (tmp_path / "scaling_model_train_bigdl_strong.md").read_text()
     assert f"ours: {scaling.FEW_POINTS_WARNING}" in text
+
+
+# The published fit as README.md quotes it (sigma, kappa, N*, S(N*)), to the digits it shows.
+README_PUBLISHED_FIT = {
+    1000: (0.604, 0.00657, 7.8, 1.43),
+    5000: (0.430, 0.00490, 10.8, 1.88),
+    10000: (0.388, 0.00420, 12.1, 2.06),
+    30000: (0.339, 0.00442, 12.2, 2.26),
+    60000: (0.322, 0.00365, 13.6, 2.39),
+    "average": (0.403, 0.00437, 11.7, 2.00),
+}
+
+
+def test_published_fit_matches_the_numbers_readme_quotes() -> None:
+    table = published_fit()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for size, (sigma, kappa, peak, best) in README_PUBLISHED_FIT.items():
+        row = table.loc[size]
+        assert (round(row["sigma"], 3), round(row["kappa"], 5)) == (sigma, kappa), size
+        assert (round(row["peak_cores"], 1), round(row["peak_speedup"], 2)) == (peak, best), size
+        label = f"{size:,}" if isinstance(size, int) else size
+        assert f"| {label} | {sigma:.3f} | {kappa:.5f} | {peak:.1f} | {best:.2f} |" in readme, size

@@ -4,7 +4,6 @@ from dlscale.analysis import analysis_files
 rule aggregate:
     input:
         existing_or_all_cells,
-        TABLE_SETTINGS,
     output:
         cells=report(
             f"{paths.tables_dir(DATASET)}/cells.csv",
@@ -26,6 +25,13 @@ rule aggregate:
             ),
             caption="../report/cost.rst",
             category="Cost",
+        ),
+        plan=report(
+            analysis_files(
+                DATASET, config["backends"], config["scaling_modes"], "plan"
+            ),
+            caption="../report/plan_vs_actual.rst",
+            category="Plan",
         ),
     log:
         f"results/logs/aggregate/{DATASET}.log",
