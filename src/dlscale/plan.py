@@ -42,6 +42,7 @@ import yaml
 from dlscale import paths, resources, scaling
 from dlscale.grid import Grid, existing_metrics
 from dlscale.metrics import load_metrics
+from dlscale.tables import AVERAGE, REFERENCE_RUNTIME_CSV, core_counts, speedup_table
 
 SAFETY_FACTOR = 2.0
 UNSCALED = "published, unscaled"
@@ -75,13 +76,10 @@ class PublishedShape:
     """Published runtime at any size and core count (see the module docstring, 3.)."""
 
     def __init__(self, runtime: pd.DataFrame):
-        self.cores = scaling.table_cores(runtime)
-        rows = runtime.loc[[i for i in runtime.index if str(i) != scaling.AVERAGE]]
-        self.sizes = np.array([int(s) for s in rows.index], dtype=float)
-        self.runtime = rows[[f"cores_{n}" for n in self.cores]].astype(float).to_numpy()
-        self.average_fit = scaling.fit_usl(
-            self.cores, scaling.speedups_from_runtimes(rows).mean(axis=0).to_numpy()
-        )
+        self.cores = core_counts(runtime)
+        self.sizes = np.array([int(s) for s in runtime.index], dtype=float)
+        self.runtime = runtime.astype(float).to_numpy()
+        self.average_fit = scaling.fit_usl(self.cores, speedup_table(runtime.astype(float)).loc[AVERAGE].to_numpy())
 
     def runtime_s(self, size: int, cores: int) -> float:
         if cores in self.cores:
@@ -98,7 +96,7 @@ class PublishedShape:
 
 
 def load_published(reference_dir: str | Path | None) -> PublishedShape | None:
-    csv = Path(reference_dir) / scaling.PUBLISHED_RUNTIME_CSV if reference_dir else None
+    csv = Path(reference_dir) / REFERENCE_RUNTIME_CSV if reference_dir else None
     return PublishedShape(pd.read_csv(csv, index_col="size")) if csv and csv.is_file() else None
 
 

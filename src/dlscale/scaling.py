@@ -11,14 +11,13 @@ grid), so the model is fitted as S(N) / S(base). The fit is scipy's bounded leas
 (sigma in [0, 1], kappa >= 0). A curve of fewer than three core counts gets a fit and a
 plain warning: two parameters through two points always fit, and mean nothing.
 
-Everything here takes plain data (arrays, seed-shaped DataFrames: index ``size``, columns
-``cores_N``), so it does not depend on how the aggregation is organised.
+The fits take plain data (arrays, seed-shaped DataFrames: index ``size``, columns
+``cores_N``); the tables come from dlscale.tables.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from dlscale.tables import AVERAGE, REFERENCE_RUNTIME_CSV, core_counts, group_tables, speedup_table
+
 MIN_POINTS = 3
 SIGMA_BOUNDS = (0.0, 1.0)
 KAPPA_BOUNDS = (0.0, 10.0)  # kappa 10 already halves the speed-up at 2 cores: nothing real is beyond
@@ -34,8 +35,6 @@ KAPPA_BOUNDS = (0.0, 10.0)  # kappa 10 already halves the speed-up at 2 cores: n
 # reads tens of thousands of cores): below this, kappa is 0 and the curve has no peak.
 KAPPA_ZERO = 1e-8
 FEW_POINTS_WARNING = "fewer than 3 core counts: only Amdahl's law (κ = 0) fitted, no peak can be predicted"
-PUBLISHED_RUNTIME_CSV = "seed_runtime_seconds.csv"
-AVERAGE = "average"
 # Columns of a fit table, in order (ScalingFit.as_row).
 FIT_COLUMNS = ("sigma", "kappa", "peak_cores", "peak_speedup", "rms_residual", "max_abs_residual", "points", "warning")
 
@@ -148,25 +147,12 @@ def fit_usl(cores: Sequence[int], speedups: Sequence[float]) -> ScalingFit | Non
     )
 
 
-def table_cores(table: pd.DataFrame) -> list[int]:
-    """The N of each ``cores_N`` column of a seed-shaped table (other columns are skipped)."""
-    found = (re.fullmatch(r"cores_(\d+)", str(c)) for c in table.columns)
-    return [int(m.group(1)) for m in found if m]
-
-
-def speedups_from_runtimes(runtime: pd.DataFrame) -> pd.DataFrame:
-    """T(base) / T(N) per size row of a seed-shaped runtime table (base: smallest core count)."""
-    columns = [f"cores_{n}" for n in table_cores(runtime)]
-    rows = runtime.loc[[i for i in runtime.index if str(i) != AVERAGE], columns].astype(float)
-    return rows.rdiv(rows[columns[0]], axis=0)
-
-
 def fit_table(speedup: pd.DataFrame) -> pd.DataFrame:
     """One fit per row of a seed-shaped speed-up table (sizes, and ``average`` if present).
 
     Columns ``FIT_COLUMNS``; a row with fewer than two speed-ups has NaNs and a warning.
     """
-    cores = table_cores(speedup)
+    cores = core_counts(speedup)
     rows = {}
     for label, values in speedup.iterrows():
         fit = fit_usl(cores, values[[f"cores_{n}" for n in cores]].to_numpy(dtype=float))
@@ -181,7 +167,7 @@ def fit_table(speedup: pd.DataFrame) -> pd.DataFrame:
 
 def fits_by_row(speedup: pd.DataFrame) -> dict[object, ScalingFit]:
     """The fit of every row that has one (for drawing curves)."""
-    cores = table_cores(speedup)
+    cores = core_counts(speedup)
     fits = {}
     for label, values in speedup.iterrows():
         fit = fit_usl(cores, values[[f"cores_{n}" for n in cores]].to_numpy(dtype=float))
@@ -193,20 +179,10 @@ def fits_by_row(speedup: pd.DataFrame) -> dict[object, ScalingFit]:
 def published_fit(reference_dir: str | Path) -> pd.DataFrame | None:
     """The published runtime table fitted as ours are (speed-ups recomputed from runtimes,
     unrounded); the ``average`` row is the fit of the mean speed-up per core count."""
-    runtime_csv = Path(reference_dir) / PUBLISHED_RUNTIME_CSV
+    runtime_csv = Path(reference_dir) / REFERENCE_RUNTIME_CSV
     if not runtime_csv.is_file():
         return None
-    speedup = speedups_from_runtimes(pd.read_csv(runtime_csv, index_col="size"))
-    return fit_table(with_average(speedup))
-
-
-def with_average(speedup: pd.DataFrame) -> pd.DataFrame:
-    """The size rows plus an ``average`` row (column means; NaN when a size is missing)."""
-    rows = speedup.loc[[i for i in speedup.index if str(i) != AVERAGE]]
-    average = rows.mean(axis=0, skipna=False).to_frame(AVERAGE).T
-    table = pd.concat([rows, average])
-    table.index = pd.Index(list(rows.index) + [AVERAGE], name="size", dtype=object)
-    return table
+    return fit_table(speedup_table(pd.read_csv(runtime_csv, index_col="size").astype(float)))
 
 
 def side_by_side(ours: pd.DataFrame, published: pd.DataFrame | None) -> pd.DataFrame:
@@ -242,22 +218,6 @@ def model_filenames(backends: Sequence[str], scaling_modes: Sequence[str], phase
         for phase in phases
         for ext in ("csv", "md")
     ]
-
-
-def mean_runtime_table(
-    cells: pd.DataFrame, phase: str, sizes: Sequence[int] | None = None, cores: Sequence[int] | None = None
-) -> pd.DataFrame:
-    """Seed-shaped mean of ``t_<phase>`` over repetitions, reindexed to the grid when given."""
-    column = f"t_{phase}"
-    sizes = sorted(sizes) if sizes is not None else sorted(int(s) for s in cells["size"].unique())
-    cores = sorted(cores) if cores is not None else sorted(int(c) for c in cells["cores"].unique())
-    if cells.empty or column not in cells.columns:
-        table = pd.DataFrame(math.nan, index=sizes, columns=cores)
-    else:
-        table = cells.groupby(["size", "cores"])[column].mean().unstack("cores").reindex(index=sizes, columns=cores)
-    table.index = pd.Index(sizes, name="size")
-    table.columns = [f"cores_{c}" for c in cores]
-    return table.astype(float)
 
 
 def _number(value: object, digits: int) -> str:
@@ -328,7 +288,7 @@ def write_models(
         mask = (cells["backend"] == backend) & (cells["scaling"] == scaling) if len(cells) else []
         group = cells[mask] if len(cells) else cells
         for phase in phases:
-            speedup = with_average(speedups_from_runtimes(mean_runtime_table(group, phase, sizes, cores)))
+            speedup = group_tables(group, phase, sizes, cores).speedup
             table = side_by_side(fit_table(speedup), published)
             stem = out_dir / model_stem(phase, backend, scaling)
             table.to_csv(f"{stem}.csv", index_label="size", float_format="%.6g")
