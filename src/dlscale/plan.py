@@ -237,9 +237,12 @@ def record_plan(plan: pd.DataFrame, path: str | Path, measured_cells: pd.DataFra
         kept = old[[key in done for key in _keys(old)]]
         kept_keys = set(_keys(kept))
         new = pd.concat([kept, new[[key not in kept_keys for key in _keys(new)]]]).sort_values(KEYS, ignore_index=True)
+    text = new.to_csv(index=False)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return new  # unchanged: a run with nothing left to plan leaves the file as it was
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    new.to_csv(temporary, index=False)
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
     return new
 

@@ -113,3 +113,8 @@ def test_a_recorded_cell_keeps_the_estimate_it_had_before_it_ran(tmp_path: Path)
     assert after.loc[(1000, 1), "wall_s"] == pytest.approx(6.11)  # its estimate before it ran
     assert after.loc[(5000, 2), "source"].startswith("published x ")  # not run yet: the new estimate
     assert len(after) == 4
+    everything = _cells({(s, c): [30.0] for s in (1000, 5000) for c in (1, 2)})
+    plan.record_plan(plan.make_plan(grid, 1, everything, REFERENCE_DIR), path, everything)
+    text = path.read_bytes()
+    plan.record_plan(plan.make_plan(grid, 1, everything, REFERENCE_DIR), path, everything)
+    assert path.read_bytes() == text  # all cells ran: nothing changes on the next start
