@@ -28,6 +28,7 @@ cell is measured the request stays dlscale.resources' pessimistic one.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,8 +42,10 @@ import yaml
 
 from dlscale import paths, resources, scaling
 from dlscale.grid import Grid, existing_metrics
-from dlscale.metrics import load_metrics
+from dlscale.metrics import MetricsError, load_metrics
 from dlscale.tables import AVERAGE, REFERENCE_RUNTIME_CSV, core_counts, speedup_table
+
+log = logging.getLogger(__name__)
 
 SAFETY_FACTOR = 2.0
 UNSCALED = "published, unscaled"
@@ -192,24 +195,43 @@ def _grid_of(config: Mapping[str, Any]) -> Grid:
     )
 
 
+def measured_cells(grid: Grid, workdir: str | Path = ".") -> pd.DataFrame:
+    """The grid's cells measured under ``workdir``; none, with a warning, when a metrics file
+    is bad: the aggregation reports it with its fix, and a plan must not stop a run for it."""
+    try:
+        return load_metrics(existing_metrics(grid, workdir))
+    except MetricsError as err:
+        log.warning("the plan ignores the measured cells: %s", err)
+        return load_metrics([])
+
+
 def record_for_config(plan: pd.DataFrame, config: Mapping[str, Any], workdir: str | Path = ".") -> pd.DataFrame:
     """``record_plan`` into ``plan_file`` under ``workdir``, given the cells measured there."""
     grid = _grid_of(config)
-    cells = load_metrics(existing_metrics(grid, workdir))
-    return record_plan(plan, Path(workdir) / plan_file(grid.dataset), cells)
+    return record_plan(plan, Path(workdir) / plan_file(grid.dataset), measured_cells(grid, workdir))
 
 
-def plan_for_config(config: Mapping[str, Any], workdir: str | Path = ".") -> pd.DataFrame:
-    """The plan of a workflow configuration, from the cells measured under ``workdir``."""
+def plan_for_config(
+    config: Mapping[str, Any], workdir: str | Path = ".", reference_dir: str | Path | None = None
+) -> pd.DataFrame:
+    """The plan of a workflow configuration, from the cells measured under ``workdir`` and the
+    published tables in ``reference_dir`` (default: ``paths.PUBLISHED_DIR`` under ``workdir``)."""
     grid = _grid_of(config)
-    cells = load_metrics(existing_metrics(grid, workdir))
     return make_plan(
         grid,
         int(config["training"]["epochs"]),
-        cells,
-        Path(workdir) / paths.PUBLISHED_DIR,
+        measured_cells(grid, workdir),
+        reference_dir or Path(workdir) / paths.PUBLISHED_DIR,
         int(config.get("slurm", {}).get("cores_per_node") or max(grid.cores)),
     )
+
+
+def planned_runtimes(plan: pd.DataFrame) -> dict[tuple[str, str, int, int], int]:
+    """(backend, scaling, size, cores) -> the Slurm runtime request in minutes, first attempt."""
+    return {
+        (str(row.backend), str(row.scaling), int(row.size), int(row.cores)): int(row.slurm_runtime_min)
+        for row in plan.itertuples(index=False)
+    }
 
 
 # --------------------------------------------------------------------------- the recorded plan

@@ -118,3 +118,16 @@ def test_a_recorded_cell_keeps_the_estimate_it_had_before_it_ran(tmp_path: Path)
     text = path.read_bytes()
     plan.record_plan(plan.make_plan(grid, 1, everything, REFERENCE_DIR), path, everything)
     assert path.read_bytes() == text  # all cells ran: nothing changes on the next start
+
+
+def test_a_bad_metrics_file_does_not_stop_the_plan(tmp_path: Path, caplog) -> None:
+    config = plan.load_config([], REPO)
+    config["dataset"]["name"] = "d"
+    config["grid"] = {"sizes": [1000], "cores": [1], "repetitions": 1}
+    bad = tmp_path / "results/cells/d/bigdl/strong/n1000/c1/r1/metrics.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    table = plan.plan_for_config(config, tmp_path, reference_dir=REFERENCE_DIR)
+    assert table["source"].str.startswith(plan.UNSCALED).all()
+    assert "the plan ignores the measured cells" in caplog.text
+    assert plan.planned_runtimes(table) == {("bigdl", "strong", 1000, 1): resources.cell_runtime(1000, 1, 1, 32)}
