@@ -24,7 +24,6 @@ Parsing is pure (unit-tested on captured ``scontrol -o show node/partition`` tex
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -229,12 +228,13 @@ def cells_partition(args: Args, profile: Path) -> str:
 
 # --- the cells -----------------------------------------------------------------------------------
 def cell_shape(backend: str, cores: int, cores_per_node: int, exclusive: bool = False) -> Shape:
-    """As the rules ask (workflow/rules/cells.smk, common.smk): a BigDL cell of more cores than
-    a node has spans ceil(cores / cores_per_node) nodes; a PyTorch cell stays on one node; with
-    measurement.exclusive every cell asks for whole nodes (sbatch --exclusive)."""
-    per_node = min(cores, cores_per_node)
-    nodes = 1 if backend == "torch" else max(1, math.ceil(cores / cores_per_node))
-    return Shape(nodes, per_node, exclusive)
+    """As the rules ask (workflow/rules/cells.smk, sized by dlscale.resources): a BigDL cell of
+    more cores than a node has spans ceil(cores / cores_per_node) nodes; a PyTorch cell stays on
+    one node; with measurement.exclusive every cell asks for whole nodes (sbatch --exclusive)."""
+    from dlscale.resources import cpus_per_node, nodes_needed
+
+    nodes = 1 if backend == "torch" else nodes_needed(cores, cores_per_node)
+    return Shape(nodes, cpus_per_node(cores, cores_per_node), exclusive)
 
 
 def missing_cells(config: dict, workdir: Path) -> List[Cell]:

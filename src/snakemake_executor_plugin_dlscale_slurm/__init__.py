@@ -42,6 +42,8 @@ from snakemake_executor_plugin_slurm.job_status_query import (
 )
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 
+from dlscale.resources import default_slurm_extra_warning
+
 from .states import Outcome, Verdict, lookup_ids, needs_controller, parse_status_lines, settle
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
@@ -81,6 +83,11 @@ class Executor(SlurmExecutor):
                 f"the executor '{PLUGIN}' of this run; its options are spelt --{PLUGIN}-<name> "
                 f"(e.g. --{PLUGIN}-init-seconds-before-status-checks)."
             )
+        # The cell rules set slurm_extra themselves (the walltime warning), which replaces one
+        # given in default-resources: say so rather than drop it silently.
+        warning = default_slurm_extra_warning(self.workflow.resource_settings.default_resources)
+        if warning:
+            self.logger.warning(warning)
 
     # --- Ctrl-C and SIGTERM ---------------------------------------------------------------
 

@@ -23,7 +23,8 @@ each, two cells at a time):
 5. the same command again: both cells succeed side by side (no shared ports, scratch, log or
    CPU: the collision test of the local executor).
 6. the whole study: the n1024 cell starts; Snakemake is SIGKILLed mid-training; the orphaned cell
-   stops itself; the same command again finishes the study, the earlier cells byte-identical.
+   stops itself; the same command is refused (Snakemake's locks) until `snakemake --unlock`, then
+   finishes the study, the earlier cells byte-identical.
 7. later runs never rewrite a completed cell: not when settings change, not when the data is
    prepared again, not when the grid grows; only when asked (--forcerun / deleting metrics.json).
 
@@ -859,22 +860,27 @@ def killed_study(study, retried):
         assert wait_until(lambda: not still_running(cell), 120), "orphaned cell still running"
     run.freeze()
     locks_left = list((study.workdir / ".snakemake" / "locks").glob("*.lock"))
+    locked = study.snakemake()  # Snakemake refuses a folder a dead run left locked ...
+    unlock = study.snakemake("--unlock")  # ... until --unlock, which its message names
+    assert unlock.returncode == 0, output(unlock)[-3000:]
     rerun = study.snakemake()
-    return before, run, locks_left, rerun
+    return before, run, locks_left, locked, rerun
 
 
 def test_orphaned_cell_stops_and_cleans_up(study, killed_study):
-    _, run, _, _ = killed_study
+    _, run, _, _, _ = killed_study
     assert re.search(r"FAILED: the process that started this cell \(pid \d+, e\.g\. Snakemake\) is gone",
                      run.log_text())
     assert_nothing_left(run)
 
 
-def test_same_command_after_sigkill_finishes_the_study_keeping_completed_cells(study, killed_study):
-    before, run, locks_left, rerun = killed_study
-    assert locks_left, "SIGKILL left no Snakemake locks: the stale-lock handling was not exercised"
+def test_unlock_then_the_same_command_after_sigkill_finishes_the_study_keeping_completed_cells(
+        study, killed_study):
+    before, run, locks_left, locked, rerun = killed_study
+    assert locks_left, "SIGKILL left no Snakemake locks: the locked folder was not exercised"
+    assert locked.returncode != 0 and "--unlock" in output(locked), output(locked)[-3000:]
+    assert not study.metrics(BIG).exists()  # the refused run ran nothing
     assert rerun.returncode == 0, output(rerun)[-4000:]
-    assert "Removed the locks left in .snakemake/locks by Snakemake pid" in output(rerun)
     for size, (data, mtime) in before.items():
         assert study.metrics(size).read_bytes() == data and study.metrics(size).stat().st_mtime_ns == mtime
     big = json.loads(study.metrics(BIG).read_text())
@@ -905,7 +911,7 @@ def test_changed_settings_do_not_rerun_completed_cells(study, killed_study):
 
 def test_a_grown_grid_runs_only_the_new_cells_on_data_made_again(study, killed_study):
     """The new cell needs data: the subsets are made again with the changed partition settings
-    (the partition settings stamp is newer than them); the completed cells still do not run."""
+    (their params changed: the profile's rerun-triggers); the completed cells still do not run."""
     study.set_config(grid={"sizes": [SMALL, OTHER, BIG, NEW]})
     try:
         proc = study.snakemake("-n")

@@ -315,7 +315,7 @@ def test_every_cell_is_submitted_with_the_walltime_warning(prepared, tmp_path, w
         text = out_file.read_text(errors="replace")
         assert ended(), f"snakemake still ran 120 s after its cell was cancelled:\n{text[-3000:]}"
         # the cancelled cell is reported failed, naming the cell
-        assert re.search(rf"Slurm job {cell} of rule train_cell \(dataset=fashion-mnist, backend=bigdl, "
+        assert re.search(rf"Slurm job {cell} of rule train_cell \(dataset=fashion-mnist, "
                          rf"scaling=strong, size={SIZE}, cores=1, rep=1\) ended in state 'CANCELLED", text), text[-3000:]
         sacct_rows(["-j", cell], "JobID,State", 1)
         line = submit_lines(rid)[cell]

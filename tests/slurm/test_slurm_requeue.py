@@ -47,7 +47,7 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", re.M)
 def job_of_log(workdir: Path) -> str:
     """The Slurm job id of the running cell: its Slurm log's name in this workdir
     (results/logs/slurm/rule_train_cell/<wildcards>/<jobid>.log)."""
-    folder = workdir / f"results/logs/slurm/rule_train_cell/fashion-mnist_bigdl_strong_{STUDY_SIZE}_1_1"
+    folder = workdir / f"results/logs/slurm/rule_train_cell/fashion-mnist_strong_{STUDY_SIZE}_1_1"
     logs = sorted(folder.glob("*.log"), key=lambda p: int(p.stem))
     assert logs, f"no Slurm log of the cell's job in {folder}"
     return logs[-1].stem

@@ -53,7 +53,7 @@ def job_field(job: str, field: str) -> str:
 def job_of_log(workdir, rep: int) -> str:
     """The Slurm job id of cell r<rep> (1 core) that runs now: its newest Slurm log in this workdir
     (the executor writes results/logs/slurm/rule_train_cell/<wildcards>/<jobid>.log)."""
-    folder = workdir / f"results/logs/slurm/rule_train_cell/fashion-mnist_bigdl_strong_{STUDY_SIZE}_1_{rep}"
+    folder = workdir / f"results/logs/slurm/rule_train_cell/fashion-mnist_strong_{STUDY_SIZE}_1_{rep}"
     logs = sorted(folder.glob("*.log"), key=lambda p: int(p.stem))
     assert logs, f"no Slurm log of the cell's job in {folder}"
     return logs[-1].stem

@@ -161,7 +161,7 @@ def test_every_cell_ran_as_its_own_slurm_job(failed_study):
     assert metrics["slurm_job_id"] in jobs
     job = jobs[metrics["slurm_job_id"]]
     assert job["State"] == "COMPLETED" and job["AllocCPUS"] == "1"
-    assert job["Comment"] == f"rule_train_cell_wildcards_fashion-mnist_bigdl_strong_{SIZE}_1_1"
+    assert job["Comment"] == f"rule_train_cell_wildcards_fashion-mnist_strong_{SIZE}_1_1"
     assert len(metrics["cpus_allowed"]) == 1 and not metrics["oversubscribed"]
 
 
@@ -187,7 +187,7 @@ def test_rerun_runs_only_the_failed_cell_and_keeps_the_others(failed_study, clus
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     jobs = cell_jobs(run_id(proc), 1)
-    assert [r["Comment"] for r in jobs] == [f"rule_train_cell_wildcards_fashion-mnist_bigdl_strong_{SIZE}_2_1"]
+    assert [r["Comment"] for r in jobs] == [f"rule_train_cell_wildcards_fashion-mnist_strong_{SIZE}_2_1"]
     assert jobs[0]["State"] == "COMPLETED" and jobs[0]["AllocCPUS"] == "2"
     after = snapshot(workdir)
     assert {k: v for k, v in after.items() if k in before} == before  # byte-identical

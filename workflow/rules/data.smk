@@ -20,7 +20,6 @@ rule download:
 rule partition_subset:
     input:
         rules.download.output,
-        PARTITION_SETTINGS,
     output:
         directory("resources/{dataset}/subsets/n{size}"),
     log:
@@ -43,7 +42,6 @@ rule partition_subset:
 rule partition_test:
     input:
         rules.download.output,
-        PARTITION_SETTINGS,
     output:
         directory("resources/{dataset}/test"),
     log:
