@@ -1,7 +1,5 @@
-# Constants and input functions of the rules. What they stand for is decided in the dlscale
-# package (installed in the driver environment by `make envs`): the config checks
-# (dlscale.config), the grid (dlscale.grid), file names (dlscale.paths), the cell's command
-# (dlscale.cell_command) and the Slurm request (dlscale.resources).
+# Constants and input functions of the rules; the dlscale package (installed in the driver
+# environment by `make envs`) decides what they stand for (README, Layout).
 import os
 from pathlib import Path
 
@@ -19,21 +17,14 @@ min_version("9.0")
 
 # The schema (filling in its defaults), then the cross checks: one ConfigError listing every
 # problem and the fix, before any job.
-validate_config(
-    config, Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-)
+validate_config(config, Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
 DATASET = config["dataset"]["name"]
 GRID = Grid.from_params(
-    DATASET,
-    config["backends"],
-    config["scaling_modes"],
-    config["grid"]["sizes"],
-    config["grid"]["cores"],
-    config["grid"]["repetitions"],
+    DATASET, config["backends"], config["scaling_modes"], **config["grid"]
 )
 IDX_FILES = list(RAW_FILE_NAMES)
-PUBLISHED_DIR = str(Path(workflow.basedir, "workflow", "resources", "published"))
+PUBLISHED_DIR = str(Path(workflow.basedir, "workflow/resources/published"))
 CELL = CellResources.from_config(config)  # the cells' resources
 SMALL_JOB_RESOURCES = SMALL_JOB  # data preparation, tables, plots
 
@@ -70,13 +61,9 @@ def cell_inputs(backend):
         )
 
     def inputs(wildcards):
+        w = wildcards
         metrics = paths.metrics_file(
-            wildcards.dataset,
-            backend,
-            wildcards.scaling,
-            wildcards.size,
-            wildcards.cores,
-            wildcards.rep,
+            w.dataset, backend, w.scaling, w.size, w.cores, w.rep
         )
         if os.path.exists(metrics) and not forced(metrics):
             return {}
@@ -109,9 +96,7 @@ def grid_params():
     """The expected grid, so aggregation and plots can tell missing cells from absent ones."""
     return dict(
         dataset=DATASET,
-        sizes=config["grid"]["sizes"],
-        cores=config["grid"]["cores"],
-        repetitions=config["grid"]["repetitions"],
+        **config["grid"],  # sizes, cores, repetitions (the schema allows no other key)
         backends=config["backends"],
         scaling_modes=config["scaling_modes"],
     )
