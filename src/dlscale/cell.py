@@ -66,9 +66,6 @@ def global_batch(args: argparse.Namespace) -> int:
     return args.batch_size * args.cores if args.scaling == "weak" else args.batch_size
 
 
-JVM_OPTION_KEYS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
-
-
 def jvm_options(cores: int) -> Dict[str, str]:
     """JVM options of the driver and the executor of a cell of ``cores`` CPUs.
 
@@ -82,7 +79,7 @@ def jvm_options(cores: int) -> Dict[str, str]:
     base = "-XX:+UseParallelGC -XX:ParallelGCThreads=%d -XX:TieredStopAtLevel=1" % cores
     driver = os.environ.get("DLSCALE_DRIVER_JAVA_OPTS", base)
     executor = os.environ.get("DLSCALE_EXECUTOR_JAVA_OPTS", base)
-    return dict(zip(JVM_OPTION_KEYS, (driver, executor)))
+    return {"spark.driver.extraJavaOptions": driver, "spark.executor.extraJavaOptions": executor}
 
 
 def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: str) -> dict:
@@ -216,7 +213,7 @@ def run_cell(args: argparse.Namespace) -> dict:
 
 def threads_in_force(result: dict) -> Dict[str, object]:
     """The thread settings of a cell as its trainer found them (``result``): the executors'
-    OMP_NUM_THREADS, the SparkContext's cores and JVM options, and BigDL's model replicas (its
+    OMP_NUM_THREADS, the SparkContext's cores, the JVMs' options, and BigDL's model replicas (its
     MklBlas engine trains one single-threaded copy per core of each node)."""
     spark_conf, engine = result["spark_conf"], result["bigdl_engine"]
     return {
@@ -224,7 +221,7 @@ def threads_in_force(result: dict) -> Dict[str, object]:
         "spark.executor.cores": int(spark_conf["spark.executor.cores"]),
         "spark.cores.max": int(spark_conf["spark.cores.max"]),
         "bigdl_model_replicas": engine["nodes"] * engine["cores_per_node"],
-        **{key: spark_conf[key] for key in JVM_OPTION_KEYS},
+        **result["jvm_options"],
     }
 
 

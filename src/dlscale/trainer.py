@@ -25,10 +25,6 @@ MNIST_MEAN = 0.13066047740239506
 MNIST_STD = 0.3081078
 PARQUET_SCHEMA = "image BINARY, label INT"  # the parts written by dlscale.partition
 MANIFEST_NAME = "_manifest.json"  # dlscale.partition.MANIFEST_NAME (that module needs pyarrow)
-# The Spark settings the cell records (metrics.json ``spark_conf``, ``threads``), as this
-# SparkContext has them: what spark-submit really set, not what the cell asked for.
-RECORDED_SPARK_CONF = ("spark.master", "spark.executor.cores", "spark.cores.max", "spark.authenticate",
-                       "spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
 def manifest_classes(train_dir: str) -> int:
@@ -133,6 +129,17 @@ def executor_view(sc, cores: int) -> List[Dict[str, Any]]:
     return [json.loads(item) for item in sorted(unique)]
 
 
+def jvm_options_in_force(sc) -> Dict[str, str]:
+    """The JVM options of the driver and of the executors as they run: the driver's as spark-submit
+    started its JVM (it set them as system properties too; BigDL's ``init_nncontext`` then puts
+    its own ``-Dlog4j2.info`` into the SparkConf, which no running JVM has), the executors' from
+    the SparkContext that launches them."""
+    return {
+        "spark.driver.extraJavaOptions": sc._jvm.System.getProperty("spark.driver.extraJavaOptions"),
+        "spark.executor.extraJavaOptions": sc.getConf().get("spark.executor.extraJavaOptions", None),
+    }
+
+
 def last_loss(summary) -> float:
     losses = summary.read_scalar("Loss")
     return float(losses[-1][1]) if len(losses) else float("nan")
@@ -191,7 +198,11 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         "test_accuracy": float(accuracy),
         "records_per_s": train_records * args.epochs / timings["train"],
         "executors": executor_view(sc, args.cores),
-        "spark_conf": {key: sc.getConf().get(key, None) for key in RECORDED_SPARK_CONF},
+        "spark_conf": {
+            key: sc.getConf().get(key, None)
+            for key in ("spark.master", "spark.executor.cores", "spark.cores.max", "spark.authenticate")
+        },
+        "jvm_options": jvm_options_in_force(sc),
         "bigdl_engine": {"nodes": int(engine_nodes), "cores_per_node": int(engine_cores)},
         "versions": {
             "python": platform.python_version(),

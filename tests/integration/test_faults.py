@@ -799,6 +799,10 @@ def test_retry_after_the_faults_succeeds(study, retried):
         metrics = json.loads(study.metrics(size).read_text())
         assert metrics["size"] == size and metrics["train_records"] == size
         assert 0.15 < metrics["test_accuracy"] <= 1.0
+        # thread settings as the driver and BigDL's engine had them, not as the cell asked
+        threads = metrics["threads"]
+        assert threads["bigdl_model_replicas"] == metrics["cores"] == threads["spark.executor.cores"], threads
+        assert "-XX:TieredStopAtLevel=1" in threads["spark.driver.extraJavaOptions"], threads
     assert sorted(os.listdir(study.scratch)) == []  # every scratch removed, the killed cell's too
 
 

@@ -39,18 +39,10 @@ def test_threads_are_what_the_trainer_found_not_what_the_cell_asked():
     result = {
         "executors": [{"host": "n1", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1"},
                       {"host": "n2", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1"}],
-        "spark_conf": {"spark.executor.cores": "2", "spark.cores.max": "4",
-                       "spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"},
+        "spark_conf": {"spark.executor.cores": "2", "spark.cores.max": "4"},
+        "jvm_options": {"spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"},
         "bigdl_engine": {"nodes": 2, "cores_per_node": 2},
     }
     assert cell.threads_in_force(result) == {
         "OMP_NUM_THREADS": ["1"], "spark.executor.cores": 2, "spark.cores.max": 4, "bigdl_model_replicas": 4,
         "spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"}
-
-
-def test_jvm_options_name_the_keys_the_trainer_reports(monkeypatch):
-    monkeypatch.setenv("DLSCALE_EXECUTOR_JAVA_OPTS", "-Xtuned")
-    options = cell.jvm_options(2)
-    assert sorted(options) == sorted(cell.JVM_OPTION_KEYS)
-    assert options["spark.executor.extraJavaOptions"] == "-Xtuned"
-    assert "-XX:ParallelGCThreads=2" in options["spark.driver.extraJavaOptions"]
