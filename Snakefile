@@ -1,6 +1,6 @@
 # dlscale: a BigDL LSTM scaling study on transient Spark standalone clusters (see README.md).
 #   data:      download -> partition_subset / partition_test
-#   cells:     train_cell, one per (backend, scaling, size, cores, repetition)
+#   cells:     train_cell (BigDL) / train_cell_torch, one per (scaling, size, cores, repetition)
 #   aggregate: aggregate -> plot
 
 
