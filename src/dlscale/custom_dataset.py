@@ -86,9 +86,10 @@ def split_records(folder: str | Path) -> dict[str, int]:
 
 
 def files_folder(dataset: Mapping[str, Any], raw_dir: str | Path) -> Path | None:
-    """Where the dataset's four files are now: ``dataset.dir`` (what the download step copies),
-    else the raw folder of an earlier download; None before any download."""
-    for folder in (dataset.get("dir"), raw_dir):
+    """Where the dataset's four files are now: the raw folder of an earlier download (what the
+    partition step reads: the download step is not run again while its files exist), else
+    ``dataset.dir``; None before any download."""
+    for folder in (raw_dir, dataset.get("dir")):
         if folder and all((Path(folder) / name).is_file() for name in RAW_FILE_NAMES):
             return Path(folder)
     return None
@@ -119,12 +120,32 @@ def dataset_problems(dataset: Mapping[str, Any]) -> tuple[list[str], dict[str, i
                 "folder holding its four IDX files (or dataset.mirrors to URLs serving them)."
             )
     folder = files_folder(dataset, paths.raw_dir(name))
+    if folder is not None and folder == Path(paths.raw_dir(name)):
+        problems.extend(_other_files_problem(dataset, folder))
     if folder is None:
         return problems, (None if is_own(name) else dict(BUILTIN_RECORDS)), "its published count, not downloaded yet"
     try:
         return problems, split_records(folder), f"the files in {folder}"
     except (IdxFormatError, OSError) as exc:
         return [*problems, str(exc)], None, ""
+
+
+def _other_files_problem(dataset: Mapping[str, Any], raw: Path) -> list[str]:
+    """A dataset of your own whose recorded checksums changed while the files of an earlier run are
+    still in its raw folder: the download step would not run again (its outputs exist), so the study
+    would go on with the old files, and new cells would sit beside those of the old files."""
+    name, sha256 = dataset["name"], dataset.get("sha256")
+    if not (is_own(name) and sha256):
+        return []
+    differ = [file for file in RAW_FILE_NAMES if sha256_of_file(raw / file) != sha256[file].lower()]
+    if not differ:
+        return []
+    return [
+        f"{raw} holds files of an earlier run of {name!r} that dataset.sha256 does not name "
+        f"({', '.join(differ)}). Fix: give the new files a dataset.name of their own, so that the results "
+        f"of {name!r} all come from one set of files; or, to start {name!r} again, move its results "
+        f"(results/*/{name}, results/logs/cells/{name}) away and delete resources/{name}."
+    ]
 
 
 # --- recording the checksums on first use --------------------------------------------------

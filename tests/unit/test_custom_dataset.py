@@ -70,6 +70,24 @@ def test_once_copied_the_counts_come_from_the_raw_folder(own_files, tmp_path):
     assert problems == [] and records == {"train": 60, "test": 12} and counted_in == "the files in resources/three/raw"
 
 
+def test_checksums_changed_under_the_same_name_are_refused_while_the_old_files_are_copied(
+    own_files, tmp_path, idx_factory
+):
+    old = own_config(own_files)["dataset"]
+    fetch_dataset("three", tmp_path / "resources/three/raw", offline_dir=own_files,
+                  catalog=dataset_catalog("three", old["sha256"]))
+    idx_factory.write_split(own_files, "test", 12, seed=9, n_classes=3)  # new files, recorded again
+    new = own_config(own_files)["dataset"]
+    problems, _, _ = dataset_problems(new)
+    assert problems == [
+        "resources/three/raw holds files of an earlier run of 'three' that dataset.sha256 does not name "
+        "(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). Fix: give the new files a dataset.name of "
+        "their own, so that the results of 'three' all come from one set of files; or, to start 'three' "
+        "again, move its results (results/*/three, results/logs/cells/three) away and delete resources/three."
+    ]
+    assert dataset_problems(old)[0] == []
+
+
 def test_own_files_can_come_from_mirrors_of_the_users(own_files, tmp_path):
     sha256 = own_config(own_files)["dataset"]["sha256"]
     fetched = fetch_dataset("three", tmp_path / "raw", mirrors=[own_files.as_uri() + "/"],
