@@ -211,6 +211,15 @@ def record_for_config(plan: pd.DataFrame, config: Mapping[str, Any], workdir: st
     return record_plan(plan, Path(workdir) / plan_file(grid.dataset), measured_cells(grid, workdir))
 
 
+def record_at_start(plan: pd.DataFrame, config: Mapping[str, Any], workdir: str | Path = ".") -> None:
+    """The workflow's onstart: record the plan; a failure is a warning, never a failed run."""
+    try:
+        record_for_config(plan, config, workdir)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("could not record the plan in %s (%s): plan_vs_actual will lack it. Fix: make "
+                    "results/plan writable, or run python -m dlscale.plan --record", plan_file(config["dataset"]["name"]), err)
+
+
 def plan_for_config(
     config: Mapping[str, Any], workdir: str | Path = ".", reference_dir: str | Path | None = None
 ) -> pd.DataFrame:

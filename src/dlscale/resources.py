@@ -18,8 +18,8 @@ How a cell reaches Slurm (snakemake-executor-plugin-slurm 2.8.0 and its jobstep 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
 
 # Slurm sends SIGUSR1 120 s before the walltime: a BigDL cell traps it and tears its Spark
 # cluster down, a PyTorch cell releases its CPUs, and both exit with a FAILED line. The small
@@ -69,13 +69,19 @@ class CellResources:
     cores_per_node: int
     epochs: int
     exclusive: bool
+    # (backend, scaling, size, cores) -> minutes of the first attempt, from the plan
+    # (dlscale.plan.planned_runtimes); a cell it lacks gets the pessimistic cell_runtime.
+    planned_runtime_min: Mapping[Tuple[str, str, int, int], int] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "CellResources":
+    def from_config(
+        cls, config: Mapping[str, Any], planned_runtime_min: Optional[Mapping[Tuple[str, str, int, int], int]] = None
+    ) -> "CellResources":
         return cls(
             cores_per_node=int(config["slurm"]["cores_per_node"]),
             epochs=int(config["training"]["epochs"]),
             exclusive=bool(config["measurement"]["exclusive"]),
+            planned_runtime_min=dict(planned_runtime_min or {}),
         )
 
     @property
@@ -116,7 +122,21 @@ class CellResources:
         return cell_mem_mb("torch", wildcards.size, attempt)
 
     def runtime(self, wildcards: Any, attempt: int) -> int:
+        """The pessimistic request, for a cell the plan has no estimate of."""
         return cell_runtime(wildcards.size, wildcards.cores, self.epochs, self.cores_per_node, attempt)
+
+    def planned_runtime(self, backend: str, wildcards: Any, attempt: int) -> int:
+        """The plan's request (its estimate x a safety factor), doubled on each retry."""
+        key = (backend, str(wildcards.scaling), int(wildcards.size), int(wildcards.cores))
+        if key not in self.planned_runtime_min:
+            return self.runtime(wildcards, attempt)
+        return int(self.planned_runtime_min[key] * 2 ** (attempt - 1))
+
+    def bigdl_runtime(self, wildcards: Any, attempt: int) -> int:
+        return self.planned_runtime("bigdl", wildcards, attempt)
+
+    def torch_runtime(self, wildcards: Any, attempt: int) -> int:
+        return self.planned_runtime("torch", wildcards, attempt)
 
 
 def default_slurm_extra_warning(default_resources: Optional[Mapping[str, Any]]) -> Optional[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,6 +13,8 @@ import pytest
 
 from dlscale import plan, resources, scaling
 from dlscale.grid import Grid
+from dlscale_testing import DRIVER_BIN, FASHION_MNIST
+from synthetic_cells import DATASET, write_grid
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO / "workflow" / "resources" / "published"
@@ -131,3 +136,34 @@ def test_a_bad_metrics_file_does_not_stop_the_plan(tmp_path: Path, caplog) -> No
     assert table["source"].str.startswith(plan.UNSCALED).all()
     assert "the plan ignores the measured cells" in caplog.text
     assert plan.planned_runtimes(table) == {("bigdl", "strong", 1000, 1): resources.cell_runtime(1000, 1, 1, 32)}
+
+
+def test_the_cells_resources_take_the_plans_request_and_double_it_on_retry() -> None:
+    config = plan.load_config([], REPO)
+    key = ("bigdl", "strong", 5000, 2)
+    sizing = resources.CellResources.from_config(config, {key: 12})
+    wildcards = SimpleNamespace(scaling="strong", size="5000", cores="2")
+    assert [sizing.bigdl_runtime(wildcards, attempt) for attempt in (1, 2)] == [12, 24]
+    assert sizing.torch_runtime(wildcards, 1) == sizing.runtime(wildcards, 1)  # not planned: pessimistic
+
+
+def test_a_dry_run_asks_slurm_for_the_planned_runtime_of_each_cell(tmp_path: Path) -> None:
+    """The workflow's wiring: with cells measured at 1, 2 and 4 cores, the 8-core cells the
+    dry run schedules ask for the plan's runtime (fitted, floored at MIN_RUNTIME_MIN)."""
+    write_grid(tmp_path)  # sizes 100 and 200 at 1, 2 and 4 cores, 2 repetitions: seconds each
+    config = tmp_path / "grid.yaml"
+    config.write_text(
+        f"dataset: {{name: {DATASET}, dir: {FASHION_MNIST}}}\n"
+        "grid: {sizes: [100, 200], cores: [1, 2, 4, 8], repetitions: 2}\n"
+    )
+    proc = subprocess.run(
+        [str(DRIVER_BIN / "snakemake"), "-n", "-d", str(tmp_path), "-s", str(REPO / "Snakefile"), "--cores", "8",
+         "--configfile", str(config)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    requests = re.findall(r"^rule train_cell:\n(?:    .*\n)*?    resources: .*runtime=(\d+)", proc.stdout, flags=re.M)
+    assert requests == [str(plan.MIN_RUNTIME_MIN)] * 4  # 2 sizes x 2 repetitions at 8 cores
+    pessimistic = resources.cell_runtime(200, 8, 1, 32)
+    assert pessimistic > plan.MIN_RUNTIME_MIN
+    assert not (tmp_path / plan.plan_file(DATASET)).exists()  # a dry run records nothing

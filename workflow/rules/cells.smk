@@ -28,7 +28,7 @@ rule train_cell:
         # cells run one after the other unless measurement.exclusive is false.
         timed_cell=CELL.timed_cell,
         mem_mb=CELL.bigdl_mem_mb,
-        runtime=CELL.runtime,
+        runtime=CELL.bigdl_runtime,
         slurm_extra=CELL.slurm_extra,
     shell:
         shell_template(
@@ -56,7 +56,7 @@ rule train_cell_torch:
         cpus_per_task=CELL.cpus_per_task,
         timed_cell=CELL.timed_cell,
         mem_mb=CELL.torch_mem_mb,
-        runtime=CELL.runtime,
+        runtime=CELL.torch_runtime,
         slurm_extra=CELL.slurm_extra,
     shell:
         shell_template(

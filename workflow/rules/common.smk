@@ -11,6 +11,7 @@ from dlscale.config import validate_config
 from dlscale.datasets import RAW_FILE_NAMES
 from dlscale.grid import Grid
 from dlscale.paths import table_filenames
+from dlscale.plan import plan_for_config, planned_runtimes, record_at_start
 from dlscale.resources import SMALL_JOB, CellResources
 
 min_version("9.0")
@@ -25,8 +26,16 @@ GRID = Grid.from_params(
 )
 IDX_FILES = list(RAW_FILE_NAMES)
 PUBLISHED_DIR = str(Path(workflow.basedir, "workflow/resources/published"))
-CELL = CellResources.from_config(config)  # the cells' resources
+# Every cell's expected wall time (python -m dlscale.plan prints it): its Slurm runtime request.
+CELL_PLAN = plan_for_config(config, ".", PUBLISHED_DIR)
+CELL = CellResources.from_config(config, planned_runtimes(CELL_PLAN))
 SMALL_JOB_RESOURCES = SMALL_JOB  # data preparation, tables, plots
+
+
+onstart:
+    # Not at parse time (a dry run writes nothing): the plan of a run that starts, for
+    # plan_vs_actual; a cell keeps the estimate it had before it ran.
+    record_at_start(CELL_PLAN, config)
 
 
 wildcard_constraints:
