@@ -100,9 +100,15 @@ def with_sacct(cells: pd.DataFrame, sacct_text: str | None) -> pd.DataFrame:
     cells = cells.copy()
     accounting = parse_sacct(sacct_text) if sacct_text else pd.DataFrame(columns=SACCT_COLUMNS[:7])
     job_ids = cells["slurm_job_id"].map(lambda job: "" if pd.isna(job) else str(job))
+    shared = sorted(job for job, count in job_ids[job_ids != ""].value_counts().items() if count > 1)
+    if shared:
+        # slurm/allocation.sbatch runs every cell inside one job: its figures are not a cell's
+        log.warning("cells share the Slurm job(s) %s (one allocation for several cells): sacct's figures describe "
+                    "the allocation, so those cells get none", ", ".join(shared))
+        job_ids = job_ids.where(~job_ids.isin(shared), "")
     for column in SACCT_COLUMNS[:7]:
         cells[column] = job_ids.map(accounting[column]) if len(accounting) else math.nan
-    unknown = sorted(set(job_ids) - set(accounting.index) - {""})
+    unknown = sorted(set(job_ids) - set(accounting.index) - {""}) if len(accounting) else []
     if unknown:
         log.warning("sacct has no record of job(s) %s: their cells get no scheduler figures", ", ".join(unknown))
     cells["expected_cpu_efficiency"] = expected_cpu_efficiency(cells)

@@ -84,3 +84,10 @@ def test_without_sacct_the_cells_get_empty_scheduler_columns(tmp_path: Path, cap
     assert "sacct not found" in caplog.text
     cells = sacct.with_sacct(_cells(), None)
     assert cells["cpu_efficiency"].isna().all() and set(sacct.SACCT_COLUMNS) <= set(cells.columns)
+
+
+def test_cells_inside_one_allocation_get_no_per_cell_figures(caplog) -> None:
+    cells = _cells().assign(slurm_job_id="103")  # slurm/allocation.sbatch: one job, every cell
+    enriched = sacct.with_sacct(cells, FIXTURE.read_text())
+    assert enriched["cpu_efficiency"].isna().all()
+    assert "one allocation for several cells" in caplog.text
