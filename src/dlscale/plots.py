@@ -261,6 +261,10 @@ def figure_published_vs_ours(
         published = reference[1].loc[AVERAGE]
         pub_cores = core_counts(published.to_frame().T)
         ax.plot(pub_cores, published.to_numpy(), color="black", marker="s", linewidth=2, label=PUBLISHED_LABEL)
+        fit = scaling.fit_usl(pub_cores, published.to_numpy())
+        smooth = np.geomspace(min(pub_cores), max(pub_cores), 64)
+        label = f"published, USL fit (σ {fit.sigma:.2f}, κ {fit.kappa:.4f}, N* {fit.peak_cores:.0f})"
+        ax.plot(smooth, fit.predict(smooth), color="black", linestyle="--", linewidth=1, label=label)
         all_cores.update(pub_cores)
         y_max = max(y_max, float(published.max()))
 

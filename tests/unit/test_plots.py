@@ -54,6 +54,8 @@ def test_published_vs_ours_labels_both_sources(cells: pd.DataFrame) -> None:
     published = next(line for line in fig.axes[0].get_lines() if line.get_label() == PUBLISHED_LABEL)
     assert list(published.get_xdata()) == [1, 2, 4, 8, 16, 32]
     assert published.get_ydata()[3] == pytest.approx(1.97)  # the published 8-core average
+    # its USL fit beside it (the published average row as printed, two decimals)
+    assert "published, USL fit (σ 0.40, κ 0.0044, N* 12)" in labels
     assert "dataset fashion-mnist" in _texts(fig)
 
 
