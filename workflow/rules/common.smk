@@ -55,11 +55,11 @@ def cell_inputs(backend):
     """Input function of a cell rule: its data, or nothing once its metrics.json exists, unless
     the cell is forced (its rule or metrics.json in --forcerun, --forceall, --forcetargets).
 
-    Why not ancient(): Snakemake reruns a job whose ancient input is made in the same run, so a
-    grown grid (every cell waits for every subset) or a deleted resources/ would rerun completed
-    cells, and a job whose params changed (partition settings) would be remade although no cell
-    needs it (tests/unit/test_snakemake_limits.py). A forced cell keeps its data as inputs, so
-    data deleted since is made again first.
+    Why not ancient(): Snakemake reruns a job whose ancient input is made in the same run, so
+    completed cells would rerun whenever data is made for another cell (a grown grid: every cell
+    waits for every subset; resources/ deleted), and data whose params changed would be remade
+    although no cell needs it (tests/unit/test_snakemake_limits.py). A forced cell keeps its
+    data as inputs, so data deleted since is made again first.
     """
 
     def forced(metrics):
