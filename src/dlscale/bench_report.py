@@ -58,12 +58,15 @@ def percent(key: str, header: str) -> Column:
     return Column(header, lambda row: "%s %%" % _fmt(100 * row[key], ".0f"))
 
 
+def _line(cells: Iterable[str]) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"  # an empty cell: "| |"
+
+
 def _table(columns: Iterable[Column], rows: Iterable[Row], extra: Iterable[list[str]] = ()) -> list[str]:
     """Markdown lines: header, alignment, one line per row (``extra``: rows already written)."""
     columns = list(columns)
     body = [[column.text(row) for column in columns] for row in rows] + list(extra)
-    line = lambda cells: "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"  # noqa: E731
-    return [line(c.header for c in columns), "|" + "|".join(c.align for c in columns) + "|", *map(line, body)]
+    return [_line(c.header for c in columns), "|" + "|".join(c.align for c in columns) + "|", *map(_line, body)]
 
 
 GROUP_COLUMNS = (text("backend"), text("scaling"), Column("cores", lambda row: str(row["cores"])))
