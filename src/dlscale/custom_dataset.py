@@ -87,8 +87,7 @@ def split_records(folder: str | Path) -> dict[str, int]:
 
 def files_folder(dataset: Mapping[str, Any], raw_dir: str | Path) -> Path | None:
     """Where the dataset's four files are now: the raw folder of an earlier download (what the
-    partition step reads: the download step is not run again while its files exist), else
-    ``dataset.dir``; None before any download."""
+    partition step reads), else ``dataset.dir``; None before any download."""
     for folder in (raw_dir, dataset.get("dir")):
         if folder and all((Path(folder) / name).is_file() for name in RAW_FILE_NAMES):
             return Path(folder)
@@ -132,8 +131,8 @@ def dataset_problems(dataset: Mapping[str, Any]) -> tuple[list[str], dict[str, i
 
 def _other_files_problem(dataset: Mapping[str, Any], raw: Path) -> list[str]:
     """A dataset of your own whose recorded checksums changed while the files of an earlier run are
-    still in its raw folder: the download step would not run again (its outputs exist), so the study
-    would go on with the old files, and new cells would sit beside those of the old files."""
+    still in its raw folder: the new files would be fetched and partitioned, but completed cells are
+    never rerun, so new cells would sit beside those of the old files under one name."""
     name, sha256 = dataset["name"], dataset.get("sha256")
     if not (is_own(name) and sha256):
         return []
