@@ -42,6 +42,8 @@ from dlscale.metrics import load_metrics
 log = logging.getLogger("dlscale.bench")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # bench runs this checkout's Snakefile
+# --study-scale: the grid of issue 13's measurement, one cell per core count at the study's size
+STUDY_SCALE = {"size": 30000, "cores": [1, 2], "reps": 1, "backends": ["bigdl"], "scaling": ["strong"]}
 
 
 def _snakemake(work: Path, config: Path, cores: int, targets: Sequence[str], log_file: Path) -> float:
@@ -167,11 +169,13 @@ def report(out: Path, grid: Grid, walls: dict[str, float], context: dict[str, An
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the dlscale benchmark (see README, Performance).")
-    parser.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default results/bench; results/bench-study with --study-scale)")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--dataset-dir", default="/usr/share/datasets/fashion-mnist",
                         help="folder with the four IDX .gz files (default: Debian's Fashion-MNIST)")
-    parser.add_argument("--size", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=None,
+                        help="training records (default 5000; %d with --study-scale)" % STUDY_SCALE["size"])
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
@@ -181,10 +185,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="before each backend's timed run, wait until the 1-minute load average is "
                              "below this (0: do not wait); default 1.5")
     parser.add_argument("--quiet-timeout", type=float, default=600, help="wait at most this many seconds")
+    parser.add_argument("--study-scale", action="store_true",
+                        help="the study as a user runs it (issue 13): %d records, cores 1 and 2, 1 repetition, "
+                             "BigDL strong scaling only (--size still applies, for a quicker check); the "
+                             "report shows every phase and the fixed cost (total - train) of each cell"
+                             % STUDY_SCALE["size"])
     parser.add_argument("--report-only", action="store_true",
                         help="recompute the report from the cells of the last run in --out (no training; "
                              "give the same grid options as that run)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.study_scale:  # the grid is the mode's; only the size and the output folder may be chosen
+        args.cores, args.reps = STUDY_SCALE["cores"], STUDY_SCALE["reps"]
+        args.backends, args.scaling = STUDY_SCALE["backends"], STUDY_SCALE["scaling"]
+    if args.size is None:
+        args.size = STUDY_SCALE["size"] if args.study_scale else 5000
+    if args.out is None:
+        args.out = "results/bench-study" if args.study_scale else "results/bench"
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,11 +78,14 @@ PER_CELL_COLUMNS = (
     number("records_per_s_per_core", ".0f", "records/s per core"),
     number("steady_records_per_s_per_core", ".0f", "steady records/s per core"),
     spread("overhead_s", ".1f", "overhead s (start+stop+load)"),
+    spread("fixed_s", ".1f", "fixed s (total-train)"),
     spread("total_s", ".1f", "total s"),
     number("test_accuracy", ".3f", "accuracy"),
     number("load_avg", ".1f", "load avg"),
 )
-BREAKDOWN_COLUMNS = (*GROUP_COLUMNS, *(number(f"{phase}_s", ".1f", phase) for phase in BREAKDOWN_PHASES))
+BREAKDOWN_COLUMNS = (*GROUP_COLUMNS, *(number(f"{phase}_s", ".1f", phase) for phase in BREAKDOWN_PHASES),
+                     number("unaccounted_s", ".1f", "unaccounted"), number("total_s", ".1f", "total"),
+                     number("fixed_s", ".1f", "fixed (total-train)"))
 SCALING_COLUMNS = (
     text("backend"),
     text("scaling"),
@@ -224,7 +227,8 @@ def bench_figure(summary: dict[str, Any], out: Path) -> Path:
     ax_rate.legend(fontsize="small")
 
     bottoms = [0.0] * len(labels)
-    phase_colors = dict(zip(BREAKDOWN_PHASES, ["#8da0cb", "#e78ac3", "#a6d854", "#66c2a5", "#ffd92f", "#fc8d62"]))
+    palette = matplotlib.colormaps["tab20"].colors  # one colour per phase, eleven of them
+    phase_colors = dict(zip(BREAKDOWN_PHASES, palette))
     for phase in BREAKDOWN_PHASES:
         heights = []
         for group in summary["groups"]:

@@ -34,6 +34,7 @@ from dlscale.cell_process import CellError, Terminated, start_cell_process
 from dlscale.cluster import StandaloneCluster
 from dlscale.cpu_claims import claimed_cpus, cpu_lock_dir
 from dlscale.neighbours import Neighbours
+from dlscale.phases import process_started_at, unaccounted
 from dlscale.scratch import private_scratch
 from dlscale.spark_node import ClusterError, SparkInstall, die_with_parent, node_address, show_log_tails
 
@@ -111,11 +112,15 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     log.info("spark-submit %s", " ".join(command[1:]))
     sys.stderr.flush()
     # cwd: BigDL writes bigdl.log into the driver's working directory, which must not be shared.
+    submitted = time.time()
     proc = subprocess.Popen(command, env=env, cwd=scratch, start_new_session=True, preexec_fn=die_with_parent)
     try:
-        while proc.poll() is None:
-            cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
-            time.sleep(1)
+        while True:
+            try:
+                proc.wait(timeout=1)  # returns as the driver exits: no poll interval added to the cell
+                break
+            except subprocess.TimeoutExpired:
+                cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -127,17 +132,25 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     if proc.returncode != 0 or not os.path.exists(result_path):
         raise CellError("the trainer failed (spark-submit exit code %s); its output is above"
                         % proc.returncode)
+    exited = time.time()
     with open(result_path) as handle:
-        return json.load(handle)
+        result = json.load(handle)
+    clock, trainer_t = result["clock"], result["timings_s"]
+    # the driver's start and stop on the cell's clock (dlscale.phases)
+    result["driver_start"] = clock["begin"] - submitted
+    result["driver_stop"] = exited - clock["begin"] - sum(
+        trainer_t[phase] for phase in ("context_start", "data_load", "model_setup", "train", "evaluate"))
+    return result
 
 
 def cell_id(args: argparse.Namespace) -> str:
     return "n%d/c%d/r%d" % (args.size, args.cores, args.repetition)
 
 
-def run_cell(args: argparse.Namespace) -> dict:
+def run_cell(args: argparse.Namespace, process_start: Optional[float] = None) -> dict:
+    """The cell, up to its metrics; ``finish_timings`` adds its exit phase and total."""
     started_at = datetime.datetime.now(datetime.timezone.utc)
-    t0 = time.time()
+    t0 = process_started_at() if process_start is None else process_start
     nodes = allocation_nodes(args.cores, args.cores_per_node)
     install = SparkInstall.discover()
     cores_per_node = args.cores // max(1, len(nodes))  # one worker per node of the allocation
@@ -156,6 +169,7 @@ def run_cell(args: argparse.Namespace) -> dict:
         cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
                                     worker_memory=args.worker_memory, host=host, remote_nodes=nodes[1:])
         tick = time.time()
+        cell_start = tick - t0 - cpu_wait  # interpreter, imports, CPU claim, scratch, monitors
         succeeded = False
         try:
             cluster.start()
@@ -167,6 +181,7 @@ def run_cell(args: argparse.Namespace) -> dict:
             tick = time.time()
             cluster.stop()
             cluster_stop = time.time() - tick
+            stopped = time.time()
             log.info("cluster stopped in %.1f s", cluster_stop)
             overlapping = neighbours.stop()
             if not succeeded:
@@ -177,14 +192,20 @@ def run_cell(args: argparse.Namespace) -> dict:
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     trainer_t = result["timings_s"]
     timings = {
+        "cell_start": cell_start,
         "cluster_start": cluster_start,
+        "driver_start": result["driver_start"],
         "context_start": trainer_t["context_start"],
         "data_load": trainer_t["data_load"],
+        "model_setup": trainer_t["model_setup"],
         "train": trainer_t["train"],
         "evaluate": trainer_t["evaluate"],
+        "driver_stop": result["driver_stop"],
         "cluster_stop": cluster_stop,
         "cpu_wait": cpu_wait,
-        "total": time.time() - t0 - cpu_wait,
+        # cell_exit and total: finish_timings, just before the metrics are written
+        "_t0": t0,
+        "_stopped": stopped,
     }
     executor_cpus = sorted({cpu for view in result["executors"] for cpu in view["cpus_allowed"]})
     return metrics_record(
@@ -209,6 +230,20 @@ def run_cell(args: argparse.Namespace) -> dict:
         timings_s=timings,
         host_load=host_load,
     )
+
+
+def finish_timings(metrics: dict) -> dict:
+    """The cell's exit phase (after the cluster stopped until now, just before its metrics are
+    written) and its total (process start to now, without ``cpu_wait``); warns when the phases
+    leave more than a second of it unaccounted."""
+    timings = metrics["timings_s"]
+    t0, stopped, now = timings.pop("_t0"), timings.pop("_stopped"), time.time()
+    timings["cell_exit"] = now - stopped
+    timings["total"] = now - t0 - timings["cpu_wait"]
+    gap = unaccounted(timings)
+    if abs(gap) > 1.0:
+        log.warning("the cell's phases leave %.1f s of its total %.1f s unaccounted", gap, timings["total"])
+    return metrics
 
 
 def threads_in_force(result: dict) -> Dict[str, object]:
@@ -286,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     start_cell_process(args.exit_with_parent)
     try:
-        metrics = run_cell(args)
+        metrics = finish_timings(run_cell(args))
         write_json_atomically(args.out, metrics)
     except (CellError, ClusterError, Terminated) as error:
         log.error("cell %s n%d c%d r%d FAILED: %s. Its Spark cluster was stopped and no metrics were "

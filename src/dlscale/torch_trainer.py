@@ -17,8 +17,9 @@ Same as the BigDL cell:
   cross-entropy, Adam (or SGD) with the same learning rate, the global batch of
   ``dlscale.cell.global_batch`` (64 for strong scaling, 64 x cores for weak scaling), the seed.
 
-There is no cluster: ``cluster_start`` and ``cluster_stop`` are 0, ``context_start`` is the
-import of torch and the thread set-up.
+There is no cluster: ``cluster_start``, ``cluster_stop`` and the driver's start and stop are 0,
+``context_start`` is the import of torch and the thread set-up; like a BigDL cell's, the total runs
+from the process's start (``cell_start``) until its metrics are written (``cell_exit``).
 
 Failures end as a BigDL cell's do (the same handlers, ``dlscale.cell_process``): SIGTERM, SIGINT
 and SIGUSR1 (scancel, the walltime, Ctrl-C) raise ``Terminated`` in the main thread, later ones are ignored
@@ -42,9 +43,10 @@ import time
 from typing import List, Optional, Tuple
 
 from dlscale import hoststat
-from dlscale.cell import global_batch, metrics_record, parse_args, write_json_atomically
+from dlscale.cell import finish_timings, global_batch, metrics_record, parse_args, write_json_atomically
 from dlscale.cell_process import Terminated, start_cell_process
 from dlscale.cpu_claims import claimed_cpus
+from dlscale.phases import process_started_at
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS, manifest_classes
 
 log = logging.getLogger("dlscale.torch_trainer")
@@ -117,6 +119,7 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
     timings["data_load"] = time.time() - tick
 
+    tick = time.time()
     model = build_model(n_classes=manifest_classes(args.train_dir))
     log.info("model: %s", model)  # shows the last layer's outputs, one per class
     criterion = torch.nn.CrossEntropyLoss()
@@ -125,6 +128,7 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
     n = len(train_y)
     loss = torch.tensor(float("nan"))
     log.info("training: %d records, %d epoch(s), global batch %d", n, args.epochs, batch_size)
+    timings["model_setup"] = time.time() - tick
     tick = time.time()
     model.train()
     for _epoch in range(args.epochs):
@@ -168,18 +172,21 @@ def train_and_evaluate(args: argparse.Namespace, batch_size: int) -> dict:
 
 def run_cell(args: argparse.Namespace) -> dict:
     started_at = datetime.datetime.now(datetime.timezone.utc)
-    t0 = time.time()
+    t0 = process_started_at()
     batch = global_batch(args)
     log.info("claiming %d CPU(s)", args.cores)
+    tick = time.time()
     with claimed_cpus(args.cores) as cpus:
-        cpu_wait = time.time() - t0  # queued behind other cells for free CPUs: not the cell's time
+        cpu_wait = time.time() - tick  # queued behind other cells for free CPUs: not the cell's time
         host_at_start = hoststat.Snapshot(cpus)  # load evidence for the benchmark
         log.info("torch cell confined to CPUs %s (asked for %d), global batch %d", cpus, args.cores, batch)
+        cell_start = time.time() - t0 - cpu_wait
         result = train_and_evaluate(args, batch)
+        stopped = time.time()
         seen_cpus = sorted(os.sched_getaffinity(0))
         host_load = hoststat.busy_report(host_at_start, hoststat.Snapshot(cpus))
-    timings = dict(result["timings_s"], cluster_start=0.0, cluster_stop=0.0, cpu_wait=cpu_wait,
-                   total=time.time() - t0 - cpu_wait)
+    timings = dict(result["timings_s"], cell_start=cell_start, cluster_start=0.0, driver_start=0.0,
+                   driver_stop=0.0, cluster_stop=0.0, cpu_wait=cpu_wait, _t0=t0, _stopped=stopped)
     finished_at = datetime.datetime.now(datetime.timezone.utc)
     return metrics_record(
         args, "torch", result, started_at, finished_at,
@@ -197,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     start_cell_process(args.exit_with_parent)
     try:
-        metrics = run_cell(args)
+        metrics = finish_timings(run_cell(args))
         write_json_atomically(args.out, metrics)
     except (Exception, Terminated) as error:
         if not isinstance(error, Terminated):

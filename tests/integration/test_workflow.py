@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from dlscale.phases import PHASES, unaccounted
 from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO
 
 pytestmark = pytest.mark.integration
@@ -69,6 +70,8 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
         for phase in ("cluster_start", "data_load", "train", "evaluate", "cluster_stop"):
             assert 0 <= t[phase] < t["total"], phase
         assert t["total"] >= t["cluster_start"] + t["train"] + t["evaluate"]
+        # nothing unaccounted (issue 13): every phase recorded, together the total within 1 s
+        assert set(PHASES) <= set(t) and abs(unaccounted(t)) <= 1.0, t
         assert m["records_per_s"] == pytest.approx(m["size"] * m["epochs"] / t["train"])
         assert m["test_records"] == 500 and m["train_records"] == m["size"]
         # It learned: the last batch's loss is below that of a uniform guess over 10 classes
