@@ -142,10 +142,14 @@ def prepared(spanning_study, tmp_path: Path, repetitions: int = 1) -> Path:
 
 
 def run_with_fault(workdir: Path, fault, timeout: float = 900) -> tuple[subprocess.CompletedProcess, str]:
-    """Run the study (no retry), call ``fault(log_path)`` once the cell is training, and wait."""
+    """Run the study (no retry), call ``fault(log_path)`` once the cell is training, and wait.
+    Snakemake's output goes to a file: a pipe nobody reads while it runs fills up (show-failed-logs
+    prints the cell's log) and blocks Snakemake for good."""
     log = workdir / CELL_LOG.format(rep=1)
-    proc = subprocess.Popen(profile_command(workdir, "--retries", "0"), env=multi_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = workdir / "snakemake.out"
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(profile_command(workdir, "--retries", "0"), env=multi_env(), text=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     injected = ""
     try:
@@ -153,11 +157,13 @@ def run_with_fault(workdir: Path, fault, timeout: float = 900) -> tuple[subproce
             if not injected and log.exists() and TRAINING_STARTED in log.read_text(errors="replace"):
                 injected = fault(log)
             time.sleep(0.5)
-        out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"the study did not end within {timeout:.0f} s after the fault ({injected}):\n{out[-4000:]}")
+        proc.wait()
+        pytest.fail(f"the study did not end within {timeout:.0f} s after the fault ({injected}):\n"
+                    f"{output.read_text(errors='replace')[-4000:]}")
+    out = output.read_text(errors="replace")
     assert injected, f"the cell never started training:\n{out[-4000:]}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), injected
 
