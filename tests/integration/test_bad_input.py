@@ -161,7 +161,7 @@ def raw_dir_with(workdir: Path, replaced: dict[str, bytes]) -> None:
             (raw / name).symlink_to(FASHION_MNIST / name)
 
 
-def test_wrong_magic_number_met_by_the_partition_step(tmp_path):
+def test_wrong_magic_number_in_the_raw_folder_stops_the_run_before_any_job(tmp_path):
     # an images header on the labels file
     raw_dir_with(tmp_path, {"t10k-labels-idx1-ubyte.gz": idx(2051, [10000, 1, 1], bytes(10000))})
     config = {**SMALL_CONFIG, "dataset": {"name": DATASET, "dir": str(FASHION_MNIST)}}
@@ -170,10 +170,11 @@ def test_wrong_magic_number_met_by_the_partition_step(tmp_path):
     assert proc.returncode != 0
     assert (f"resources/{DATASET}/raw/t10k-labels-idx1-ubyte.gz: magic 2051: 3 dimension(s), expected 1 for "
             "labels (magic 2049). Fix: delete it and rerun to download it again") in text
+    assert "ConfigError" in text  # the header is read before any job (dlscale.custom_dataset)
     assert not (tmp_path / "resources" / DATASET / "test").exists()
 
 
-def test_image_label_count_mismatch_met_by_the_partition_step(tmp_path):
+def test_image_label_count_mismatch_in_the_raw_folder_stops_the_run_before_any_job(tmp_path):
     labels = gzip.decompress((FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
     raw_dir_with(tmp_path, {"t10k-labels-idx1-ubyte.gz": idx(2049, [9999], labels[8:8 + 9999])})
     config = {**SMALL_CONFIG, "dataset": {"name": DATASET, "dir": str(FASHION_MNIST)}}
@@ -183,6 +184,7 @@ def test_image_label_count_mismatch_met_by_the_partition_step(tmp_path):
     assert (f"10000 images but resources/{DATASET}/raw/t10k-labels-idx1-ubyte.gz has 9999 labels. Fix: the "
             "two files must hold the same records, one label per image: if they came from different downloads, "
             "delete both and rerun to fetch them again") in text
+    assert "ConfigError" in text
 
 
 # --- a malformed metrics file met by the aggregation --------------------------------------------
