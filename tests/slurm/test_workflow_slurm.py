@@ -196,6 +196,16 @@ def test_rerun_runs_only_the_failed_cell_and_keeps_the_others(failed_study, clus
     assert len(metrics["cpus_allowed"]) == 2 and not metrics["oversubscribed"]
     missing = pd.read_csv(workdir / "results/tables/fashion-mnist/missing_cells.csv")
     assert missing.empty
+    # cells.csv: each cell's core-hours and, beside them, the scheduler's figures of its own job
+    cells = pd.read_csv(workdir / "results/tables/fashion-mnist/cells.csv", dtype={"slurm_job_id": str})
+    assert sorted(cells["cores"]) == [1, 2]
+    for cell in cells.itertuples():
+        metrics = json.loads((workdir / CELL.format(size=SIZE, cores=cell.cores)).read_text())
+        assert cell.slurm_job_id == metrics["slurm_job_id"] and cell.sacct_state == "COMPLETED"
+        assert cell.sacct_alloc_cpus == cell.cores and cell.sacct_nodelist == cluster
+        assert cell.core_hours == pytest.approx(cell.cores * metrics["timings_s"]["total"] / 3600, rel=1e-2)
+        # TotalCPU / (Elapsed x AllocCPUS); sacct's Elapsed is whole seconds, hence the margin
+        assert 0 < cell.cpu_efficiency <= 1.05, cell
 
 
 def prepared_workdir(failed_study, tmp_path: Path) -> Path:
