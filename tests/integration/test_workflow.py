@@ -106,6 +106,16 @@ def test_tables_match_the_cells(study):
         assert "fashion-mnist" in heading
     cells = pd.read_csv(tables / "cells.csv")
     assert len(cells) == len(SIZES) * len(CORES)
+    assert list(cells["core_hours"]) == pytest.approx(list(cells["cores"] * cells["t_total"] / 3600))
+    # two core counts: Amdahl's sigma only, with the warning (issue 12)
+    model = (tables / "scaling_model_train_bigdl_strong.md").read_text()
+    assert "fewer than 3 core counts" in model and "σ published" in model
+    assert "the core-hours" in (tables / "cost.md").read_text()
+    # the plan recorded when the run started (nothing measured yet) against the cells
+    planned = pd.read_csv(study / "results" / "plan" / "fashion-mnist.csv")
+    assert planned["source"].str.startswith("published, unscaled").all()
+    versus = pd.read_csv(tables / "plan_vs_actual.csv")
+    assert len(versus) == len(SIZES) * len(CORES) and versus["within_request"].all()
 
 
 def test_figures_and_report(study):
@@ -117,6 +127,8 @@ def test_figures_and_report(study):
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")
     assert "speedup.png" in html and "published_vs_ours.png" in html
+    for table in ("scaling_model_train_bigdl_strong.md", "cost.md", "plan_vs_actual.md"):
+        assert table in html, table
 
 
 def test_rerun_does_nothing_and_keeps_results(study):
