@@ -25,7 +25,6 @@ from dlscale.tables import GroupTables, condition_warnings, group_tables
 log = logging.getLogger(__name__)
 
 DECIMALS_FORMAT = "%.2f"  # as published
-SETTINGS_SUFFIX = ".settings.json"
 
 
 class MissingCellsError(Exception):
@@ -66,8 +65,6 @@ def aggregate(
     Returns the written paths.
     """
     out_dir = Path(out_dir)
-    if metrics_paths is not None:  # the rule's settings stamp (workflow/rules/common.smk) is no cell
-        metrics_paths = [p for p in metrics_paths if not str(p).endswith(SETTINGS_SUFFIX)]
     if metrics_paths is None:
         metrics_paths = existing_metrics(grid, workdir)
     cells = enrich_cells(select_grid_cells(load_metrics(metrics_paths, schema_path), grid))
