@@ -7,10 +7,14 @@ DRIVER := .venv/driver/bin
 SNAKEMAKE := $(DRIVER)/snakemake
 CORES ?= 2
 
-.PHONY: demo test unit lint envs fashion-mnist bench
+.PHONY: demo test unit lint envs fashion-mnist bench trainer-cds
 .DEFAULT_GOAL := demo
 
-envs: .venv/driver/.installed .venv/trainer/.installed
+envs: .venv/driver/.installed .venv/trainer/.installed trainer-cds
+
+# The trainer JVMs' class-data sharing archives: a quick check, a warm-up cell only when missing or stale.
+trainer-cds: .venv/trainer/.installed
+	envs/bootstrap.sh trainer-cds
 
 .venv/driver/.installed: envs/driver-requirements.txt
 	envs/bootstrap.sh driver

@@ -3,6 +3,7 @@
 #   envs/bootstrap.sh driver    .venv/driver : Python >= 3.11, snakemake + plugins, pandas, ...
 #   envs/bootstrap.sh trainer   .venv/trainer: Python 3.9, pyspark 3.1.3, BigDL 2.4.0, Java 11
 #   envs/bootstrap.sh torch     .venv/torch  : Python >= 3.11, torch (CPU build), numpy, pyarrow
+#   envs/bootstrap.sh trainer-cds   the trainer's class-data sharing archives, if missing or stale
 #   envs/bootstrap.sh fashion-mnist   Debian's dataset-fashion-mnist (offline demo data)
 # Python interpreters: DRIVER_PYTHON / TRAINER_PYTHON (explicit paths) win; otherwise the
 # trainer's Python 3.9 is looked up as python3.9 on PATH (module load, conda activate), then pyenv.
@@ -38,6 +39,18 @@ make_venv() {
   cp "$requirements" "$stamp"
 }
 
+# The JVMs' class-data sharing archives (dlscale.jvm_cds): built by a warm-up cell (about a
+# minute) once per trainer environment, again when it changed. Without them cells still run (their
+# JVMs start slower, with a warning), so a failed build only warns.
+trainer_cds() {
+  local python=.venv/trainer/bin/python
+  PYTHONPATH=src "$python" -m dlscale.jvm_cds --check >/dev/null 2>&1 && return 0
+  echo ">> building the trainer JVMs' class-data sharing archives (a warm-up cell)"
+  PYTHONPATH=src "$python" -m dlscale.jvm_cds ||
+    echo "warning: class-data sharing archives not built; cells start their JVMs without them." \
+         "Fix: see the error above, then rerun envs/bootstrap.sh trainer-cds" >&2
+}
+
 case "${1:-}" in
   driver)
     python=${DRIVER_PYTHON:-python3}
@@ -47,6 +60,10 @@ case "${1:-}" in
     ;;
   trainer)
     make_venv trainer "$(find_python39)" envs/trainer-requirements.txt
+    trainer_cds
+    ;;
+  trainer-cds)
+    trainer_cds
     ;;
   torch)
     # The PyTorch peer (backend: torch). Same interpreter rule as the driver.
@@ -64,5 +81,5 @@ case "${1:-}" in
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
     fi
     ;;
-  *) echo "usage: $0 driver|trainer|torch|fashion-mnist" >&2; exit 2 ;;
+  *) echo "usage: $0 driver|trainer|trainer-cds|torch|fashion-mnist" >&2; exit 2 ;;
 esac

@@ -203,6 +203,13 @@ class StandaloneCluster:
             # node's teardown finds its own executors.
         }
         props.update(extra)
+        cds = self.install.cds_settings()  # class-data sharing (dlscale.jvm_cds), if built
+        for kind in ("driver", "executor"):
+            if cds.prefix(kind):
+                props["spark.%s.extraClassPath" % kind] = cds.prefix(kind)  # starts with the BigDL jars
+            if cds.opts(kind):
+                key = "spark.%s.extraJavaOptions" % kind
+                props[key] = (props.get(key, "") + " " + cds.opts(kind)).strip()
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             for key, value in sorted(props.items()):

@@ -145,6 +145,15 @@ class SparkInstall:
     java_home: str
     python: str
     bigdl_jars: List[str]
+    # class-data sharing of its JVMs (dlscale.jvm_cds.CdsSettings), looked up once; the build sets its own
+    cds: Optional[object] = None
+
+    def cds_settings(self):
+        if self.cds is None:
+            from dlscale.jvm_cds import settings
+
+            self.cds = settings(self)
+        return self.cds
 
     @classmethod
     def discover(cls, python: Optional[str] = None) -> "SparkInstall":
@@ -216,7 +225,7 @@ def spark_env(install: SparkInstall, scratch: str, bind_address: str, tag: str) 
         OMP_NUM_THREADS="1",
         KMP_BLOCKTIME="0",
         # spark-class's launcher JVM (of daemons and spark-submit alike) only prints a java command.
-        SPARK_LAUNCHER_OPTS=LEAN_JVM_OPTS,
+        SPARK_LAUNCHER_OPTS=(LEAN_JVM_OPTS + " " + install.cds_settings().opts("launcher")).strip(),
     )
     env[CLUSTER_TAG_VAR] = tag
     return env
@@ -226,14 +235,17 @@ def daemon_env(install: SparkInstall, scratch: str, bind_address: str, tag: str,
     """The environment of one node's master and worker daemons, and of the executors a worker
     starts (they inherit it): ``spark_env`` plus the cluster's secret and the daemons' options."""
     env = spark_env(install, scratch, bind_address, tag)
+    cds = install.cds_settings()
     env.update({
         SECRET_VAR: secret,
         "SPARK_WORKER_DIR": os.path.join(scratch, "work"),
-        "SPARK_MASTER_OPTS": DAEMON_OPTS,
-        "SPARK_WORKER_OPTS": DAEMON_OPTS,
+        "SPARK_MASTER_OPTS": (DAEMON_OPTS + " " + cds.opts("master")).strip(),
+        "SPARK_WORKER_OPTS": (DAEMON_OPTS + " " + cds.opts("worker")).strip(),
         "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
         "SPARK_DAEMON_JAVA_OPTS": LEAN_JVM_OPTS,
     })
+    if cds.prefix("master"):  # first on the classpath: the archive's own (dlscale.jvm_cds)
+        env["SPARK_DAEMON_CLASSPATH"] = cds.prefix("master")
     return env
 
 
