@@ -19,6 +19,7 @@ RECORDS = 256  # four iterations of the published batch
 
 def warmup_cell(install, work: str, cds) -> None:
     """Run the warm-up cell in ``work`` with ``cds`` (the class-list options) for every JVM."""
+    from dlscale.cell import jvm_options
     from dlscale.cluster import StandaloneCluster
 
     install.cds = cds
@@ -29,9 +30,7 @@ def warmup_cell(install, work: str, cds) -> None:
         cluster.start()
         conf = {"spark.executor.cores": "1", "spark.cores.max": "1", "spark.executor.memory": "1g",
                 "spark.driver.memory": "1g", "spark.local.dir": os.path.join(scratch, "local"),
-                # as a cell's JVMs run (dlscale.cell.jvm_options): C1 only, ParallelGC
-                "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -XX:ParallelGCThreads=1 -XX:TieredStopAtLevel=1",
-                "spark.executor.extraJavaOptions": "-XX:+UseParallelGC -XX:ParallelGCThreads=1 -XX:TieredStopAtLevel=1"}
+                **jvm_options(1)}  # the JVM options of a 1-core cell's driver and executor
         command = cluster.submit_command(os.path.abspath(__file__), ["--work", work], conf)
         done = subprocess.run(command, env=cluster.driver_env(), cwd=scratch, capture_output=True, text=True)
         if done.returncode != 0:
