@@ -41,6 +41,9 @@ from dlscale.spark_node import ClusterError, SparkInstall, die_with_parent, node
 log = logging.getLogger("dlscale.cell")
 
 SCHEMA_VERSION = 1
+# How long a failed trainer waits to learn that a remote worker died: its node's
+# dlscale.node_worker stops the node's executors, prints their logs and exits, then srun ends.
+REMOTE_WORKER_DEATH_NOTICE_S = 10.0
 
 
 def write_json_atomically(path: str, payload: dict) -> None:
@@ -130,6 +133,10 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     if proc.returncode != 0 or not os.path.exists(result_path):
+        # A worker's death fails the driver too, and a remote worker's reaches this node only
+        # when its srun step ends, which can be after the driver gave up: name the worker if so.
+        grace_s = REMOTE_WORKER_DEATH_NOTICE_S if cluster.remote_nodes else 0.0
+        cluster.check_alive("before the trainer failed", grace_s=grace_s)
         raise CellError("the trainer failed (spark-submit exit code %s); its output is above"
                         % proc.returncode)
     exited = time.time()

@@ -172,15 +172,21 @@ class StandaloneCluster:
             time.sleep(0.05)  # polling is cheap; a 0.2 s period cost up to 0.2 s per wait
         raise ClusterError("timed out after %.0f s waiting for %s" % (self.start_timeout_s, what))
 
-    def check_alive(self, when: str = "while the trainer ran") -> None:
+    def check_alive(self, when: str = "while the trainer ran", grace_s: float = 0.0) -> None:
         """Raise, naming the daemon and its node, if one died (e.g. a worker JVM killed
-        mid-training, or a remote node's worker whose srun step ended)."""
-        for proc in self._procs:
-            if proc.poll() is not None:
-                code = proc.returncode
-                how = "killed by %s" % signal.Signals(-code).name if code < 0 else "exit code %d" % code
-                raise ClusterError("the Spark %s (pid %d) died (%s) %s; its log is below"
-                                   % (self._names.get(proc.pid, "daemon"), proc.pid, how, when))
+        mid-training, or a remote node's worker whose srun step ended), or dies within
+        ``grace_s`` seconds."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    code = proc.returncode
+                    how = "killed by %s" % signal.Signals(-code).name if code < 0 else "exit code %d" % code
+                    raise ClusterError("the Spark %s (pid %d) died (%s) %s; its log is below"
+                                       % (self._names.get(proc.pid, "daemon"), proc.pid, how, when))
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
 
     # --- driver ----------------------------------------------------------------------------
     def driver_properties(self, extra: Dict[str, str]) -> str:
