@@ -57,7 +57,7 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO, TRAINER_PYTHON
+from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO, TRAINER_PYTHON, command_line, read_proc
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +93,8 @@ def descendants(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
     return found
 
 
-def read_proc(pid: int, name: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as handle:
-            return handle.read()
-    except OSError:
-        return b""
-
-
 def cmdline(pid: int) -> str:
-    return read_proc(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+    return command_line(read_proc(pid, "cmdline"))
 
 
 def cluster_tag(pid: int) -> Optional[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dlscale_testing import command_line, read_proc
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = os.environ.get("DLSCALE_DRIVER_SNAKEMAKE", str(REPO / ".venv" / "driver" / "bin" / "snakemake"))
 REQUIRE = os.environ.get("DLSCALE_REQUIRE_SLURM") == "1"
@@ -110,19 +112,6 @@ def live_processes():
             continue
         if cmdline:
             yield int(entry.name), cmdline
-
-
-def proc_file(pid: int, name: str) -> bytes:
-    """/proc/<pid>/<name> (environ...), or b"" once the process is gone or unreadable."""
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def command_line(cmdline: bytes) -> str:
-    return cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def processes_on_node(node: str) -> list[tuple[int, str]]:
@@ -299,7 +288,7 @@ def processes_using(path: str) -> list[tuple[int, str]]:
             cwd = os.readlink(f"/proc/{pid}/cwd").encode()
         except OSError:
             cwd = b""
-        if needle in cmdline or needle in proc_file(pid, "environ") or cwd.startswith(needle):
+        if needle in cmdline or needle in read_proc(pid, "environ") or cwd.startswith(needle):
             found.append((pid, command_line(cmdline)))
     return sorted(found)
 
@@ -336,7 +325,7 @@ def job_processes(job: str) -> list[tuple[int, str]]:
     what they started)."""
     needle = f"SLURM_JOB_ID={job}".encode()
     return sorted((pid, command_line(cmdline)[:300]) for pid, cmdline in live_processes()
-                  if needle in proc_file(pid, "environ").split(b"\0"))
+                  if needle in read_proc(pid, "environ").split(b"\0"))
 
 
 def wait_no_job_processes(job: str, timeout: float = 60) -> list[tuple[int, str]]:
