@@ -44,9 +44,11 @@ make_venv() {
 # JVMs start slower, with a warning), so a failed build only warns.
 trainer_cds() {
   local python=.venv/trainer/bin/python
-  PYTHONPATH=src "$python" -m dlscale.jvm_cds --check >/dev/null 2>&1 && return 0
+  # absolute: the warm-up driver runs in its own scratch folder
+  local src="$PWD/src"
+  PYTHONPATH="$src" "$python" -m dlscale.jvm_cds --check >/dev/null 2>&1 && return 0
   echo ">> building the trainer JVMs' class-data sharing archives (a warm-up cell)"
-  PYTHONPATH=src "$python" -m dlscale.jvm_cds ||
+  PYTHONPATH="$src" "$python" -m dlscale.jvm_cds ||
     echo "warning: class-data sharing archives not built; cells start their JVMs without them." \
          "Fix: see the error above, then rerun envs/bootstrap.sh trainer-cds" >&2
 }

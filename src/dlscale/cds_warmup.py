@@ -34,7 +34,9 @@ def warmup_cell(install, work: str, cds) -> None:
         command = cluster.submit_command(os.path.abspath(__file__), ["--work", work], conf)
         done = subprocess.run(command, env=cluster.driver_env(), cwd=scratch, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError("the warm-up cell failed (exit %d): %s" % (done.returncode, done.stderr[-3000:]))
+            # the driver's Python traceback is in its stdout, the JVM's complaints in stderr
+            raise RuntimeError("the warm-up cell failed (exit %d):\n%s\n%s"
+                               % (done.returncode, done.stdout[-2000:], done.stderr[-2000:]))
     finally:
         cluster.stop()
 
