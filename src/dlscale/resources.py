@@ -19,7 +19,7 @@ How a cell reaches Slurm (snakemake-executor-plugin-slurm 2.8.0 and its jobstep 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 # Slurm sends SIGUSR1 120 s before the walltime: a BigDL cell traps it and tears its Spark
 # cluster down, a PyTorch cell releases its CPUs, and both exit with a FAILED line. The small
@@ -69,19 +69,22 @@ class CellResources:
     cores_per_node: int
     epochs: int
     exclusive: bool
-    # (backend, scaling, size, cores) -> minutes of the first attempt, from the plan
-    # (dlscale.plan.planned_runtimes); a cell it lacks gets the pessimistic cell_runtime.
-    planned_runtime_min: Mapping[Tuple[str, str, int, int], int] = field(default_factory=dict, compare=False)
+    # () -> {(backend, scaling, size, cores): minutes of the first attempt}, from the plan
+    # (dlscale.plan.planned_runtimes); called when a cell's runtime is asked for, not when the
+    # workflow is parsed (the plan reads every measured cell). A cell it lacks gets the
+    # pessimistic cell_runtime.
+    planned_runtime_min: Callable[[], Mapping[Tuple[str, str, int, int], int]] = field(default=dict, compare=False)
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any], planned_runtime_min: Optional[Mapping[Tuple[str, str, int, int], int]] = None
+        cls, config: Mapping[str, Any],
+        planned_runtime_min: Optional[Callable[[], Mapping[Tuple[str, str, int, int], int]]] = None,
     ) -> "CellResources":
         return cls(
             cores_per_node=int(config["slurm"]["cores_per_node"]),
             epochs=int(config["training"]["epochs"]),
             exclusive=bool(config["measurement"]["exclusive"]),
-            planned_runtime_min=dict(planned_runtime_min or {}),
+            planned_runtime_min=planned_runtime_min or dict,
         )
 
     @property
@@ -128,9 +131,10 @@ class CellResources:
     def planned_runtime(self, backend: str, wildcards: Any, attempt: int) -> int:
         """The plan's request (its estimate x a safety factor), doubled on each retry."""
         key = (backend, str(wildcards.scaling), int(wildcards.size), int(wildcards.cores))
-        if key not in self.planned_runtime_min:
+        planned = self.planned_runtime_min()
+        if key not in planned:
             return self.runtime(wildcards, attempt)
-        return int(self.planned_runtime_min[key] * 2 ** (attempt - 1))
+        return int(planned[key] * 2 ** (attempt - 1))
 
     def bigdl_runtime(self, wildcards: Any, attempt: int) -> int:
         return self.planned_runtime("bigdl", wildcards, attempt)

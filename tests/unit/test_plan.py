@@ -141,7 +141,7 @@ def test_a_bad_metrics_file_does_not_stop_the_plan(tmp_path: Path, caplog) -> No
 def test_the_cells_resources_take_the_plans_request_and_double_it_on_retry() -> None:
     config = plan.load_config([], REPO)
     key = ("bigdl", "strong", 5000, 2)
-    sizing = resources.CellResources.from_config(config, {key: 12})
+    sizing = resources.CellResources.from_config(config, lambda: {key: 12})
     wildcards = SimpleNamespace(scaling="strong", size="5000", cores="2")
     assert [sizing.bigdl_runtime(wildcards, attempt) for attempt in (1, 2)] == [12, 24]
     assert sizing.torch_runtime(wildcards, 1) == sizing.runtime(wildcards, 1)  # not planned: pessimistic

@@ -1,5 +1,6 @@
 # Constants and input functions of the rules; the dlscale package (installed in the driver
 # environment by `make envs`) decides what they stand for (README, Layout).
+import functools
 import os
 from pathlib import Path
 
@@ -26,16 +27,25 @@ GRID = Grid.from_params(
 )
 IDX_FILES = list(RAW_FILE_NAMES)
 PUBLISHED_DIR = str(Path(workflow.basedir, "workflow/resources/published"))
-# Every cell's expected wall time (python -m dlscale.plan prints it): its Slurm runtime request.
-CELL_PLAN = plan_for_config(config, ".", PUBLISHED_DIR)
-CELL = CellResources.from_config(config, planned_runtimes(CELL_PLAN))
+
+
+@functools.cache
+def cell_plan():
+    """Every cell's expected wall time (python -m dlscale.plan prints it), from the cells
+    measured so far: made once, when first needed (a cell's runtime, onstart), not at parse time.
+    """
+    return plan_for_config(config, ".", PUBLISHED_DIR)
+
+
+# The cells' Slurm requests; the runtime is the plan's estimate.
+CELL = CellResources.from_config(config, lambda: planned_runtimes(cell_plan()))
 SMALL_JOB_RESOURCES = SMALL_JOB  # data preparation, tables, plots
 
 
 onstart:
     # Not at parse time (a dry run writes nothing): the plan of a run that starts, for
     # plan_vs_actual; a cell keeps the estimate it had before it ran.
-    record_at_start(CELL_PLAN, config)
+    record_at_start(cell_plan(), config)
 
 
 wildcard_constraints:
