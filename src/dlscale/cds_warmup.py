@@ -1,8 +1,8 @@
 """The warm-up cell whose JVMs list the classes for the class-data sharing archives (``dlscale.jvm_cds``).
 
 A real cell in miniature, without the study's data: a one-core cluster, and a driver that writes
-a few hundred synthetic records as Parquet parts (the layout of ``dlscale.partition``) and then
-runs the trainer's own ``train`` on them, so that every JVM loads what a cell's would.
+a few hundred synthetic records as a subset's arrays (the layout of ``dlscale.partition``) and
+then runs the trainer's own ``train`` on them, so that every JVM loads what a cell's would.
 """
 
 from __future__ import annotations
@@ -41,28 +41,30 @@ def warmup_cell(install, work: str, cds) -> None:
         cluster.stop()
 
 
-def _write_parts(spark, folder: str, records: int) -> None:
-    """Synthetic images (784 bytes) and labels 0..9 as Parquet, with the subset's manifest."""
-    rows = [(bytes([(i * 7 + j) % 256 for j in range(784)]), i % 10) for i in range(records)]
-    spark.createDataFrame(rows, "image BINARY, label INT").repartition(2).write.parquet(folder)
+def _write_arrays(folder: str, records: int) -> None:
+    """Synthetic images (28 x 28 bytes) and labels 0..9 as a subset's arrays, with its manifest."""
+    import numpy as np
+
+    from dlscale.paths import SUBSET_ARRAYS
+
+    os.makedirs(folder)
+    images = (np.arange(records * 784, dtype=np.int64) * 7 % 256).astype(np.uint8).reshape(records, 28, 28)
+    np.save(os.path.join(folder, SUBSET_ARRAYS[0]), images)
+    np.save(os.path.join(folder, SUBSET_ARRAYS[1]), (np.arange(records) % 10).astype(np.int32))
     with open(os.path.join(folder, "_manifest.json"), "w") as handle:
         json.dump({"n_classes": 10}, handle)
 
 
 def main(argv: List[str]) -> int:
     """The warm-up's driver (run by spark-submit)."""
-    from bigdl.dllib.nncontext import init_nncontext
-    from pyspark.sql import SparkSession
-
     from dlscale import trainer
 
     parser = argparse.ArgumentParser(description="the warm-up cell's driver")
     parser.add_argument("--work", required=True)
     work = parser.parse_args(argv).work
-    spark = SparkSession(init_nncontext())  # the trainer's init_nncontext then gets this context
     data = os.path.join(work, "data")
-    _write_parts(spark, os.path.join(data, "train"), RECORDS)
-    _write_parts(spark, os.path.join(data, "test"), RECORDS)
+    _write_arrays(os.path.join(data, "train"), RECORDS)
+    _write_arrays(os.path.join(data, "test"), RECORDS)
     trainer.main(["--train-dir", os.path.join(data, "train"), "--test-dir", os.path.join(data, "test"),
                   "--out", os.path.join(work, "result.json"), "--summary-dir", os.path.join(work, "summary"),
                   "--cores", "1"])

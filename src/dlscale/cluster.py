@@ -196,7 +196,6 @@ class StandaloneCluster:
             "spark.master": self.master_url,
             "spark.authenticate": "true",
             "spark.authenticate.secret": self.secret,
-            "spark.jars": ",".join(self.install.bigdl_jars),
             "spark.driver.extraClassPath": classpath,
             "spark.executor.extraClassPath": classpath,
             "spark.driver.host": self.host,

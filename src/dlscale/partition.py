@@ -1,17 +1,26 @@
-"""Stratified training subsets and test split, written as Parquet parts for the trainer.
+"""Stratified training subsets and test split, written for the trainers.
 
 Output folder layout (one per subset, one for the test split)::
 
-    part-00000.parquet ... part-<n_files-1>.parquet   columns image (binary), label (int32)
+    _images.npy, _labels.npy                           N x 28 x 28 uint8, N int32: the BigDL
+                                                       trainer's input (its executors map them)
+    part-00000.parquet ... part-<n_files-1>.parquet   the same records as Parquet, columns
+                                                       image (binary), label (int32): the PyTorch
+                                                       baseline's input, and any Parquet reader's
     _manifest.json                                     what the folder holds and where it came from
+
+The arrays hold the parts' records in the parts' order (part 0's rows first). Why two forms:
+reading the Parquet parts through Spark SQL cost the BigDL cell 1.5-10 s of query planning and
+code generation on its cold driver, and a first conversion in the executors (issue 13); the arrays
+are read by each executor's Python worker with ``numpy.load`` and no Spark SQL at all.
 
 ``image`` is the 784 raw uint8 pixels of one 28x28 image, row-major; ``label`` is the class
 0..n_classes-1. The manifest's ``n_classes`` is counted from the whole training split's labels
 (:func:`dlscale.idx.class_count`), the same for every subset and the test split, and sizes the
 model's last layer (``dlscale.trainer.manifest_classes``).
-The manifest's leading underscore matters: Spark and pyarrow skip files starting with "_" or
-".", so the folder can be read whole (``spark.read.parquet(dir)``); a plain ``manifest.json``
-would be parsed as a Parquet file and fail the read.
+The leading underscores matter: Spark and pyarrow skip files starting with "_" or ".", so the
+folder's Parquet parts can be read whole (``spark.read.parquet(dir)``); a plain ``manifest.json``
+or ``images.npy`` would be parsed as a Parquet file and fail the read.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import pyarrow.parquet as pq
 
 from dlscale import __version__
 from dlscale.datasets import sha256_of_file
+from dlscale.paths import SUBSET_ARRAYS
 from dlscale.idx import check_test_classes, class_count, load_split, read_labels, split_file_names, split_paths
 
 MANIFEST_NAME = "_manifest.json"  # "_": skipped by Spark/pyarrow folder readers
@@ -108,7 +118,8 @@ def write_parquet_parts(
     seed: int = 0,
     manifest: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``images`` (N x 28 x 28 uint8) and ``labels`` (N) as ``n_files`` Parquet parts.
+    """Write ``images`` (N x 28 x 28 uint8) and ``labels`` (N) as ``n_files`` Parquet parts, and
+    the same records, in the parts' order, as ``_images.npy`` and ``_labels.npy``.
 
     Rows are dealt out class by class, round-robin, so every file gets each class in (within
     one record) the same proportion, then shuffled within each file; all driven by ``seed``.
@@ -129,6 +140,7 @@ def write_parquet_parts(
         "seed": seed,
         "n_files": n_files,
         "files": files,
+        "arrays": list(SUBSET_ARRAYS),
         "file_records": [int(len(rows)) for rows in rows_per_file],
         "columns": {"image": "binary: 784 uint8 pixels of a 28x28 image, row-major", "label": "int32 class number"},
         "created_by": f"dlscale {__version__}",
@@ -137,6 +149,9 @@ def write_parquet_parts(
     def build(tmp_dir: Path) -> None:
         for name, rows in zip(files, rows_per_file):
             pq.write_table(_table(images[rows], labels[rows]), tmp_dir / name)
+        in_part_order = np.concatenate(rows_per_file)
+        np.save(tmp_dir / SUBSET_ARRAYS[0], np.ascontiguousarray(images[in_part_order]))
+        np.save(tmp_dir / SUBSET_ARRAYS[1], labels[in_part_order].astype(np.int32))
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     _build_dir_atomically(out, build)

@@ -16,6 +16,12 @@ MISSING_CSV = "missing_cells.csv"  # the grid's cells without metrics, in tables
 PUBLISHED_DIR = "workflow/resources/published"  # the published seed_*.csv tables
 
 
+# In every subset and test folder, beside its Parquet parts: the arrays the BigDL executors read
+# (dlscale.partition writes them, dlscale.trainer maps them). "_": Spark and pyarrow skip them
+# when they read the folder's Parquet parts, as they skip _manifest.json.
+SUBSET_ARRAYS = ("_images.npy", "_labels.npy")
+
+
 def raw_dir(dataset: str) -> str:
     return f"resources/{dataset}/raw"
 

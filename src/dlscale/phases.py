@@ -4,7 +4,7 @@ Every second of a cell's ``timings_s.total`` belongs to one phase (issue 13, "no
 unaccounted"): the cell's own start-up (interpreter start, imports, CPU claim, scratch) and exit
 (after the last phase until its metrics are written) are phases of their own, as are the
 driver's start (spark-submit's launcher JVM, the driver JVM and Python, the trainer's imports),
-its model set-up and its stop (the executors' report, ``sc.stop``, the driver JVM's exit).
+its model set-up and its stop (the versions it reports, ``sc.stop``, the driver JVM's exit).
 ``cpu_wait`` (queued behind other cells for free CPUs) is not the cell's time and not in total.
 """
 

@@ -18,8 +18,9 @@ each, two cells at a time):
    gets, once its executor runs: the same teardown as SIGTERM.
 4. n256 started by hand in an interactive shell on a terminal that closes, as a dropped ssh
    session does (the shell passes SIGHUP on to its jobs): the same teardown. n512 (through
-   Snakemake) reads a Parquet part cut in half: Spark's own error fails the trainer, and the
-   executor's log tail in the cell's log shows it. The part is restored afterwards.
+   Snakemake) reads its subset's images (``_images.npy``) cut in half: the executor's Python
+   worker fails, Spark's own error fails the trainer, and the executor's log tail in the cell's
+   log shows it. The file is restored afterwards.
 5. the same command again: both cells succeed side by side (no shared ports, scratch, log or
    CPU: the collision test of the local executor).
 6. the whole study: the n1024 cell starts; Snakemake is SIGKILLed mid-training; the orphaned cell
@@ -57,6 +58,7 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
+from dlscale.paths import SUBSET_ARRAYS
 from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO, TRAINER_PYTHON, command_line, read_proc
 
 pytestmark = pytest.mark.integration
@@ -643,12 +645,12 @@ def test_sigint_or_sigusr1_first_stops_the_cell_like_sigterm(study, signal_fault
     assert_no_metrics(study, size)
 
 
-# --- 4. a closed terminal (SIGHUP), and a damaged Parquet part --------------------------------
+# --- 4. a closed terminal (SIGHUP), and damaged input data ------------------------------------
 @pytest.fixture(scope="module")
 def hangup_faults(study, signal_faults, trainer_python):
     """n256 by hand in a terminal that closes once its executor runs; meanwhile n512 through
-    Snakemake on a Parquet part cut in half."""
-    part = sorted((study.workdir / f"resources/{DATASET}/subsets/n{OTHER}").glob("part-*.parquet"))[0]
+    Snakemake on its subset's images cut in half."""
+    part = study.workdir / f"resources/{DATASET}/subsets/n{OTHER}" / SUBSET_ARRAYS[0]
     original, stat = part.read_bytes(), part.stat()
     terminal = Terminal(study.workdir, {**study.env, "PYTHONPATH": str(REPO / "src")})
     shell_status = []
@@ -693,15 +695,15 @@ def test_a_closed_terminal_stops_the_cell_like_sigterm(study, hangup_faults):
     assert_no_metrics(study, SMALL)
 
 
-def test_a_damaged_parquet_part_fails_the_trainer_with_sparks_error_and_the_executors_log(study, hangup_faults):
+def test_damaged_input_data_fails_the_trainer_with_sparks_error_and_the_executors_log(study, hangup_faults):
     proc, cells, _ = hangup_faults
     assert proc.returncode != 0
     run = cells[OTHER]
     log = run.log_text()
     assert failed_lines(log) == ["the trainer failed (spark-submit exit code 1); its output is above"], log[-3000:]
     assert "Traceback (most recent call last)" in log and "Py4JJavaError" in log  # the trainer's own error
-    # the tail of the stderr of the executor that read the part is in the cell's log: the
-    # tracebacks of its Python workers, whose input stream broke off at the damaged part
+    # the tail of the stderr of the executor that read the file is in the cell's log: the
+    # tracebacks of its Python workers, which could not map the images cut in half
     tails = executor_log_tails(log)
     assert len(tails) == 1 and "pyspark/worker.py" in tails[0], tails or log[-5000:]
     # and the tail of its Spark log (its stdout), with the executor's own error

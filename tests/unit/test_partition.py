@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlscale.datasets import RAW_FILE_NAMES, sha256_of_file
+from dlscale.paths import SUBSET_ARRAYS
 from dlscale.partition import (
     MANIFEST_NAME,
     class_quotas,
@@ -106,7 +107,8 @@ def test_parquet_parts_round_trip(tmp_path, idx_factory):
     images, labels = idx_factory.arrays(103, seed=4)
     out = tmp_path / "parts"
     manifest = write_parquet_parts(images, labels, out, n_files=4, seed=9, manifest={"dataset": "tiny"})
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME] + [f"part-{i:05d}.parquet" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_NAME, *SUBSET_ARRAYS] + [f"part-{i:05d}.parquet" for i in range(4)])
     table = _read_parts(out)
     assert table.num_rows == 103
     assert table.schema.field("image").type == "binary" and table.schema.field("label").type == "int32"
@@ -121,11 +123,28 @@ def test_parquet_parts_round_trip(tmp_path, idx_factory):
     assert sum(on_disk["file_records"]) == 103
 
 
+def test_arrays_hold_the_parts_records_in_the_parts_order(tmp_path, idx_factory):
+    """The BigDL trainer's input (the arrays) is the PyTorch baseline's (the parts), row for row."""
+    images, labels = idx_factory.arrays(103, seed=4)
+    write_parquet_parts(images, labels, tmp_path / "parts", n_files=4, seed=9)
+    table = _read_parts(tmp_path / "parts")
+    image_file, label_file = (tmp_path / "parts" / name for name in SUBSET_ARRAYS)
+    arrays_images, arrays_labels = np.load(image_file), np.load(label_file)
+    assert arrays_images.dtype == np.uint8 and arrays_images.shape == (103, 28, 28)
+    assert arrays_labels.dtype == np.int32 and arrays_labels.tolist() == table["label"].to_pylist()
+    assert [img.tobytes() for img in arrays_images] == table["image"].to_pylist()
+
+
 def test_folder_readable_whole_despite_manifest(tmp_path, idx_factory):
-    """Spark/pyarrow read the folder as a whole; the manifest must not be taken for Parquet."""
+    """Spark/pyarrow read the folder as a whole; the manifest and the arrays must not be taken
+    for Parquet."""
     images, labels = idx_factory.arrays(40)
     write_parquet_parts(images, labels, tmp_path / "parts", n_files=2)
     assert pads.dataset(tmp_path / "parts", format="parquet").count_rows() == 40
+    # positive control: the same arrays without their leading underscore break the read
+    (tmp_path / "parts" / SUBSET_ARRAYS[1].lstrip("_")).write_bytes((tmp_path / "parts" / SUBSET_ARRAYS[1]).read_bytes())
+    with pytest.raises(Exception, match="Parquet"):
+        pads.dataset(tmp_path / "parts", format="parquet").count_rows()
 
 
 def test_every_file_mixes_classes_in_proportion(tmp_path):

@@ -29,7 +29,7 @@ def test_reads_the_parquet_parts_normalised_like_the_bigdl_trainer(tmp_path, idx
     x, y = torch_trainer.read_parquet_dir(str(tmp_path / "n37"))
     assert x.shape == (37, 28, 28) and x.dtype == np.float32
     assert y.dtype == np.int64 and sorted(y.tolist()) == sorted(labels.tolist())
-    # every row is one original image with its label, normalised as dlscale.trainer.to_sample does
+    # every row is one original image with its label, normalised as dlscale.trainer.to_samples does
     expected = {(int(l), ((img.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).tobytes())
                 for img, l in zip(images, labels)}
     got = {(int(l), img.tobytes()) for img, l in zip(x, y)}

@@ -35,6 +35,8 @@ rule partition_subset:
         seed=config["partition"]["seed"],
         n_files=config["partition"]["files"],
         test_size=None,
+        # Folders written before the arrays existed are remade (rerun-triggers: params).
+        arrays=paths.SUBSET_ARRAYS,
     script:
         "../scripts/partition.py"
 
@@ -57,5 +59,7 @@ rule partition_test:
         seed=config["partition"]["seed"],
         n_files=config["partition"]["files"],
         test_size=config["training"].get("test_size"),
+        # Folders written before the arrays existed are remade (rerun-triggers: params).
+        arrays=paths.SUBSET_ARRAYS,
     script:
         "../scripts/partition.py"

@@ -1,0 +1,111 @@
+"""Where the CPU time of one BigDL cell goes: run one cell by itself and sample, every 0.1 s,
+the CPU time (user + system, /proc/<pid>/stat) of every process it starts, by kind of process.
+
+    .venv/trainer/bin/python tests/perf/cell_cpu.py [--size 1000] [--cores 1] [--src DIR]
+
+Needs the trainer environment and the prepared subsets under resources/<dataset>/ (the demo or
+`make bench` makes them). ``--src`` runs another checkout's dlscale (a before/after comparison:
+``git worktree add /tmp/old <commit>``, then ``--src /tmp/old/src``). Prints each kind's CPU
+seconds (master, worker, spark-submit's launcher, the driver JVM, the trainer's Python, the
+executor JVM, the executor's Python workers, the cell itself) and the cell's phases from its
+metrics.json. README "What was tuned" quotes one run. Not a test: speed is measured here and in
+`make bench`, never asserted. A process that lives less than 0.1 s may be missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[2]
+TICKS = os.sysconf("SC_CLK_TCK")
+# (a marker in the command line, the kind of process), the first match wins
+KINDS = [
+    ("deploy.master.Master", "master"),
+    ("deploy.worker.Worker", "worker"),
+    ("CoarseGrainedExecutorBackend", "executor JVM"),
+    ("launcher.Main", "launcher JVM"),
+    ("SparkSubmit", "driver JVM"),
+    ("pyspark.daemon", "executor Python"),
+    ("pyspark/daemon", "executor Python"),
+    ("trainer.py", "trainer Python"),
+    ("dlscale.cell", "cell"),
+]
+
+
+def kind_of(command: str) -> str:
+    return next((kind for marker, kind in KINDS if marker in command), "other")
+
+
+def descendants(root: int) -> List[int]:
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--src", default=str(REPO / "src"), help="the dlscale package's folder to run")
+    args = parser.parse_args()
+    data = REPO / "resources" / args.dataset
+    out = Path(tempfile.mkdtemp(prefix="dlscale-cell-cpu-"))
+    command = [sys.executable, "-m", "dlscale.cell", "--dataset", args.dataset, "--size", str(args.size),
+               "--cores", str(args.cores), "--train-dir", str(data / "subsets" / ("n%d" % args.size)),
+               "--test-dir", str(data / "test"), "--out", str(out / "metrics.json")]
+    with open(out / "cell.log", "w") as log:
+        cell = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=args.src), cwd=REPO)
+        cpu: Dict[int, tuple] = {}  # pid -> (kind, CPU seconds so far)
+        while cell.poll() is None:
+            for pid in descendants(cell.pid):
+                try:
+                    with open("/proc/%d/stat" % pid) as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                    with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                        line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                kind = cpu[pid][0] if pid in cpu else kind_of(line)
+                cpu[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)
+            time.sleep(0.1)
+    if cell.returncode != 0:
+        print("the cell failed (exit %d); its log: %s" % (cell.returncode, out / "cell.log"), file=sys.stderr)
+        return 1
+    by_kind: Dict[str, float] = {}
+    for kind, seconds in cpu.values():
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    timings = json.loads((out / "metrics.json").read_text())["timings_s"]
+    print("| process | CPU s |\n|---|---:|")
+    for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1]):
+        print("| %s | %.2f |" % (kind, seconds))
+    print("| all | %.2f |\n\nwall time (total) %.2f s, train %.2f s, fixed (total - train) %.2f s; log: %s"
+          % (sum(by_kind.values()), timings["total"], timings["train"], timings["total"] - timings["train"],
+             out / "cell.log"))
+    print(json.dumps({phase: round(seconds, 2) for phase, seconds in timings.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
