@@ -26,6 +26,7 @@ their module name prefix ``snakemake_executor_plugin_``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shlex
 import signal
 import sys
@@ -34,7 +35,8 @@ import time
 from typing import AsyncGenerator, Dict, List, Optional, Tuple
 
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
-from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
+from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
+from snakemake_executor_plugin_slurm import common_settings
 from snakemake_executor_plugin_slurm.job_status_query import (
     is_query_tool_available,
     query_job_status_sacct,
@@ -51,6 +53,31 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 PLUGIN = "dlscale-slurm"
 QUERY_TIMEOUT_S = 60  # one sacct/squeue call
 MAX_POLL_INTERVAL_S = 180  # as upstream: the interval grows by 10 s per check while nothing ends
+
+
+# Upstream's settings, and the cap of the poll interval (upstream's is fixed at 180 s). Made with
+# make_dataclass: snakemake builds the option from the field's type, which must be a type here, not
+# the string a class body gives under `from __future__ import annotations`.
+ExecutorSettings = dataclasses.make_dataclass(
+    "ExecutorSettings",
+    [
+        (
+            "max_seconds_between_status_checks",
+            Optional[int],
+            dataclasses.field(
+                default=MAX_POLL_INTERVAL_S,
+                metadata={
+                    "help": "The longest wait between two status checks: the interval grows by "
+                    "10 s per check while no job ends, up to this (default 180 s, as upstream), "
+                    "so an ended job is seen at most this long after its end.",
+                    "env_var": False,
+                    "required": False,
+                },
+            ),
+        )
+    ],
+    bases=(SlurmExecutorSettings,),
+)
 
 
 def describe_job(job) -> str:
@@ -187,8 +214,9 @@ class Executor(SlurmExecutor):
         if any_ended:
             self.next_seconds_between_status_checks = initial_interval
         else:
+            cap = self.workflow.executor_settings.max_seconds_between_status_checks or MAX_POLL_INTERVAL_S
             self.next_seconds_between_status_checks = min(
-                self.next_seconds_between_status_checks + 10, MAX_POLL_INTERVAL_S
+                self.next_seconds_between_status_checks + 10, max(cap, initial_interval)
             )
 
     def _report_success(self, job_info: SubmittedJobInfo):

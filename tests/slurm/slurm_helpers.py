@@ -132,11 +132,16 @@ def processes_on_node(node: str) -> list[tuple[int, str]]:
 # test_slurm_requeue.py, test_head_wrapper.py) -------------------------------------------------
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 STUDY_SIZE = 256  # records of the one training-set size of these studies
+# Cap of the executor's poll interval in the tests: it grows by 10 s per check while no job ends
+# (3, 13, 23, 33... s after the first), so a job that had ended waited up to that long to be seen
+# (measured: 19 s of a walltime cell, 20 s of a requeued one). The tests check what ends and in
+# which order, never when; a 5 s poll is one sacct call per 5 s on the test cluster.
+POLL_CAP = ["--dlscale-slurm-max-seconds-between-status-checks", "5"]
 # The profile as a test runs it: the test node's partition and account, fast polls (the
 # executor's own option spelling), one job at a time (at most 2 real CPUs allocated).
 FAULT_STUDY_OVERRIDES = [
     "--default-resources", "slurm_partition=debug", "slurm_account=root",
-    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", *POLL_CAP, "--latency-wait", "5", "--jobs", "1",
 ]
 TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO
 _prepared_data: dict[str, Path] = {}  # one prepared workdir per test session

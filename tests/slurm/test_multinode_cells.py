@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import (REPO, SNAKEMAKE, multi_env, multi_node_names, node_address, node_tmpdir,
+from slurm_helpers import (POLL_CAP, REPO, SNAKEMAKE, multi_env, multi_node_names, node_address, node_tmpdir,
                            processes_on_node, run, sacct_rows, study_config)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -33,7 +33,7 @@ CELL_LOG = f"results/logs/cells/fashion-mnist/bigdl/strong/n{SIZE}/c2/r{{rep}}.l
 TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO
 OVERRIDES = [
     "--default-resources", "slurm_partition=multi", "slurm_account=root",
-    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", *POLL_CAP, "--latency-wait", "5", "--jobs", "1",
 ]
 N1, N2 = multi_node_names(2)
 # What a cell leaves if its teardown fails: JVMs, node workers, Python workers, and the in-job

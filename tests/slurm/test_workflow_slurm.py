@@ -25,18 +25,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from slurm_helpers import (REPO, SNAKEMAKE, STUDY_SIZE, login_node_env, run, sacct_rows, study_config,
-                           wait_node_empty)
+from slurm_helpers import (POLL_CAP, REPO, SNAKEMAKE, STUDY_SIZE, login_node_env, prepared_study, run, sacct_rows,
+                           study_config, wait_node_empty)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 SIZE = STUDY_SIZE
 CELL = "results/cells/fashion-mnist/bigdl/strong/n{size}/c{cores}/r1/metrics.json"
 # Test overrides of the profile: the test node's partition and account (the rules carry their own
-# runtime and memory), fast polls of the profile's executor dlscale-slurm, one job at a time.
+# runtime and memory), fast polls of the profile's executor dlscale-slurm (capped at 5 s: POLL_CAP),
+# one job at a time.
 PROFILE_OVERRIDES = [
     "--default-resources", "slurm_partition=debug", "slurm_account=root",
-    "--dlscale-slurm-init-seconds-before-status-checks", "3", "--latency-wait", "5", "--jobs", "1",
+    "--dlscale-slurm-init-seconds-before-status-checks", "3", *POLL_CAP, "--latency-wait", "5", "--jobs", "1",
 ]
 
 
@@ -127,8 +128,10 @@ def failed_study(cluster, tmp_path_factory):
     """The grid c1 + c2; the c2 cell fails for real in both its attempts (the first and the
     profile's retry): its Spark worker JVM is SIGKILLed from outside once its executor runs."""
     wait_node_empty(cluster)
-    workdir = tmp_path_factory.mktemp("slurm-study")
-    study_config(workdir, [1, 2])
+    # Data already prepared (the session's copy, as the fault tests use): its three Slurm jobs took
+    # 48 s here and nothing in this module is about them; test_slurm_faults.py's `prepared` runs
+    # and checks them through Slurm, the multi-node study runs a whole study from scratch.
+    workdir = prepared_study(tmp_path_factory, "slurm-study", cores=[1, 2])
     with WorkerKiller(workdir, CELL.format(size=SIZE, cores=2)) as killer:
         proc = profile_run(workdir)
     assert not killer.errors, killer.errors

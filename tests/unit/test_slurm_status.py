@@ -143,3 +143,37 @@ def test_lookup_ids():
     assert lookup_ids("123") == ["123"]
     assert lookup_ids("123_4") == ["123_4", "123"]  # an array task may be listed under its job
     assert lookup_ids("123_[1-3]") == ["123_[1-3]"]
+
+
+def test_the_poll_interval_grows_up_to_its_cap_and_restarts_when_a_job_ends():
+    """--dlscale-slurm-max-seconds-between-status-checks caps the interval (the Slurm tests poll
+    every 5 s at most); the default is upstream's 180 s."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_dlscale_slurm import MAX_POLL_INTERVAL_S, Executor, ExecutorSettings
+
+    assert ExecutorSettings().max_seconds_between_status_checks == MAX_POLL_INTERVAL_S == 180
+    executor = object.__new__(Executor)
+    executor.workflow = SimpleNamespace(executor_settings=ExecutorSettings(
+        init_seconds_before_status_checks=3, max_seconds_between_status_checks=20))
+    executor.next_seconds_between_status_checks = 3
+    sacct = {"7": "RUNNING"}
+
+    async def accounting():
+        return dict(sacct)
+
+    executor._accounting_states = accounting
+    executor._report_success = lambda job_info: None
+    job = SimpleNamespace(external_jobid="7")
+
+    def check() -> int:
+        async def go():
+            return [j async for j in executor.check_active_jobs([job])]
+
+        asyncio.run(go())
+        return executor.next_seconds_between_status_checks
+
+    assert [check() for _ in range(4)] == [13, 20, 20, 20]
+    sacct["7"] = "COMPLETED"
+    assert check() == 3
