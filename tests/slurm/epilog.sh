@@ -30,8 +30,18 @@ left() { # the job's processes on this node, but this script and its children
     done
 }
 
+# An orphaned Snakemake (the jobstep process above) waits for a step that is over, for ever: once
+# only such processes are left, nothing is tearing down, so they get no grace (a node set down
+# left one: the grace held its job 30 s). Every pid given: parent PID 1, command `... -m snakemake`.
+only_orphaned_snakemake() {
+    for pid in "$@"; do
+        [ "$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" = 1 ] || return 1
+        case $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) in *" -m snakemake "*) ;; *) return 1 ;; esac
+    done
+}
+
 waited=0
-while [ -n "$(left)" ] && [ "$waited" -lt "$GRACE" ]; do
+while pids=$(left) && [ -n "$pids" ] && ! only_orphaned_snakemake $pids && [ "$waited" -lt "$GRACE" ]; do
     sleep 1
     waited=$((waited + 1))
 done
