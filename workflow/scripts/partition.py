@@ -1,4 +1,5 @@
-"""Snakemake script of the partition rule: write one training subset or the test split as Parquet.
+"""Snakemake script of the partition rule: write one training subset or the test split, as
+Parquet parts and NumPy arrays (dlscale.partition).
 
 params: dataset, split ("train" | "test"), size (records, for "train"; None for "test"),
 seed, n_files, test_size (records of the test split, or None for all of it).
