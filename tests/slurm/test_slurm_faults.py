@@ -229,9 +229,12 @@ def test_scancel_of_the_head_job_cancels_the_jobs_it_submitted(cluster, tmp_path
 # --- the walltime warning ---------------------------------------------------------------------
 
 
-def submit_lines(run_id: str) -> dict[str, str]:
-    """{Slurm job id: its sbatch call up to --wrap} of every job of a run, from sacct's SubmitLine."""
-    out = run(["sacct", "-X", "-P", "-n", f"--name={run_id}", "--format=JobID,SubmitLine"]).stdout
+def submit_lines(run_id: str = "", job: str = "") -> dict[str, str]:
+    """{Slurm job id: its sbatch call up to --wrap} of every job of a run (or of one job), from
+    sacct's SubmitLine. A job cancelled before it became eligible to start has no eligible time,
+    and sacct's --name query (its default window) leaves it out; -j finds it (seen here in CI)."""
+    which = ["-j", job] if job else [f"--name={run_id}"]
+    out = run(["sacct", "-X", "-P", "-n", *which, "--format=JobID,SubmitLine"]).stdout
     lines = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
     return {job: line.split("--wrap")[0] for job, line in lines.items()}
 
@@ -330,7 +333,7 @@ def test_every_cell_is_submitted_with_the_walltime_warning(prepared, tmp_path, w
         assert re.search(rf"Slurm job {cell} of rule train_cell \(dataset=fashion-mnist, "
                          rf"scaling=strong, size={SIZE}, cores=1, rep=1\) ended in state 'CANCELLED", text), text[-3000:]
         sacct_rows(["-j", cell], "JobID,State", 1)
-        line = submit_lines(rid)[cell]
+        line = submit_lines(job=cell)[cell]
         assert WALLTIME_WARNING in line, line
         assert " -p debug " in line and " -A root " in line, line
     finally:
