@@ -37,8 +37,14 @@ def cell_plan():
     return plan_for_config(config, ".", PUBLISHED_DIR)
 
 
+@functools.cache
+def planned_cell_runtimes():
+    """The plan's Slurm runtime request of each cell, made once (every cell job asks for it)."""
+    return planned_runtimes(cell_plan())
+
+
 # The cells' Slurm requests; the runtime is the plan's estimate.
-CELL = CellResources.from_config(config, lambda: planned_runtimes(cell_plan()))
+CELL = CellResources.from_config(config, planned_cell_runtimes)
 SMALL_JOB_RESOURCES = SMALL_JOB  # data preparation, tables, plots
 
 
