@@ -255,9 +255,30 @@ def worker_argv(cores: int, memory: str, host: str, master_url: str) -> List[str
             "--host", host, "--webui-port", "0", master_url]
 
 
+JAVA_FRAMES_KEPT = 3  # of a Java stack trace's "\tat ..." lines, the innermost ones
+
+
+def elide_java_frames(lines: List[str]) -> List[str]:
+    """``lines`` with each run of Java stack frames cut to its first ``JAVA_FRAMES_KEPT`` frames and
+    one "... N more frames" line: a Python worker's traceback is followed by ~25 Spark frames that
+    would otherwise push it out of a short tail."""
+    kept: List[str] = []
+    run = 0  # frames in the current run
+    for line in lines:
+        run = run + 1 if line.startswith("\tat ") else 0
+        if run <= JAVA_FRAMES_KEPT:
+            kept.append(line)
+        elif run == JAVA_FRAMES_KEPT + 1:
+            kept.append("\t... 1 more Java frame(s) elided by dlscale\n")
+        else:
+            kept[-1] = "\t... %d more Java frame(s) elided by dlscale\n" % (run - JAVA_FRAMES_KEPT)
+    return kept
+
+
 def show_log_tails(scratch: str, node: str = "", lines: int = 40) -> None:
     """Copy the tails of the daemons' and executors' logs in ``scratch`` to stderr (the cell's log:
-    the scratch that holds them is about to go). ``node`` names a remote node in each header."""
+    the scratch that holds them is about to go), Java stack frames elided (``elide_java_frames``).
+    ``node`` names a remote node in each header."""
     paths = sorted(glob.glob(os.path.join(scratch, "logs", "*.log")))
     # an executor's stdout holds its Spark log (its errors), its stderr the JVM's and Python's
     paths += sorted(glob.glob(os.path.join(scratch, "work", "app-*", "*", "std*")))
@@ -265,9 +286,11 @@ def show_log_tails(scratch: str, node: str = "", lines: int = 40) -> None:
     for path in paths:
         try:
             with open(path, errors="replace") as handle:
-                tail = handle.readlines()[-lines:]
+                tail = elide_java_frames(handle.readlines())[-lines:]
         except OSError:
             continue
+        if tail and not tail[-1].endswith("\n"):  # a daemon killed in mid-line
+            tail[-1] += "\n"
         sys.stderr.write("----- last %d lines of %s%s -----\n%s" % (len(tail), os.path.relpath(path, scratch),
                                                                     where, "".join(tail)))
     sys.stderr.flush()

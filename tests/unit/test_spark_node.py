@@ -96,6 +96,22 @@ def test_log_tails_name_the_file_and_the_remote_node(tmp_path, capsys):
     assert "----- last 1 lines of logs/master.log -----\n" in capsys.readouterr().err
 
 
+def test_log_tails_keep_a_python_traceback_that_long_java_stack_traces_follow(tmp_path, capsys):
+    executor = tmp_path / "work" / "app-1" / "0"
+    executor.mkdir(parents=True)
+    frames = ["\tat org.apache.spark.Frame%d(Frame.scala:%d)\n" % (i, i) for i in range(25)]
+    log = (["INFO starting\n", "Traceback (most recent call last):\n", '  File "pyspark/worker.py"\n',
+            "ValueError: mmap length is greater than file size\n"] + frames + ["INFO driver commanded a shutdown\n"]
+           + frames[:2] + ["ERROR RECEI"])  # a short run is kept whole; the daemon was killed mid-line
+    (executor / "stdout").write_text("".join(log))
+    show_log_tails(str(tmp_path), lines=11)
+    err = capsys.readouterr().err
+    assert err == ("----- last 11 lines of work/app-1/0/stdout -----\n" + "".join(log[1:4] + frames[:3])
+                   + "\t... 22 more Java frame(s) elided by dlscale\n" + log[29] + "".join(frames[:2]) + "ERROR RECEI\n")
+    # positive control: without the elision, the traceback is outside the tail
+    assert "worker.py" not in "".join(log[-11:])
+
+
 def test_a_master_that_does_not_answer_has_no_workers():
     assert StandaloneCluster.alive_workers(None) == 0
     assert StandaloneCluster.alive_workers({"workers": [{"state": "ALIVE"}, {"state": "DEAD"}]}) == 1
