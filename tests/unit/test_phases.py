@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,11 +12,20 @@ import pytest
 from dlscale import phases
 from dlscale.cell import finish_timings
 
+SRC = os.path.dirname(os.path.dirname(phases.__file__))
 
-def test_process_started_at_is_this_process_start():
-    started = phases.process_started_at()
-    # pytest started this process before the test ran, and not days ago
-    assert time.time() - 3600 < started < time.time()
+
+def test_process_started_at_is_the_process_start_not_the_call():
+    """Event order: a child started after ``before`` reports a start before its first line ran (the
+    fallback, "now", would be after it), and this process (pytest) started before the child."""
+    before = time.time()
+    child = subprocess.run([sys.executable, "-c", "import time; first_line = time.time()\n"
+                            "from dlscale import phases; print(phases.process_started_at(), first_line)"],
+                           check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    started, first_line = map(float, child.stdout.split())
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")  # the kernel's start time is in clock ticks
+    assert before - 2 * tick <= started <= first_line, (before, started, first_line)
+    assert phases.process_started_at() < started
 
 
 def test_finish_timings_adds_exit_and_total_and_nothing_is_unaccounted():
