@@ -34,6 +34,7 @@ from dlscale.cell_process import CellError, Terminated, start_cell_process
 from dlscale.cluster import StandaloneCluster
 from dlscale.cpu_claims import claimed_cpus, cpu_lock_dir
 from dlscale.neighbours import Neighbours
+from dlscale.paths import SUBSET_ARRAYS
 from dlscale.phases import process_started_at, unaccounted
 from dlscale.scratch import private_scratch
 from dlscale.spark_node import ClusterError, SparkInstall, die_with_parent, node_address, show_log_tails
@@ -154,8 +155,20 @@ def cell_id(args: argparse.Namespace) -> str:
     return "n%d/c%d/r%d" % (args.size, args.cores, args.repetition)
 
 
+def check_data_dirs(*data_dirs: str) -> None:
+    """Fail before any Spark process starts if a data folder lacks the arrays the executors read
+    (a folder made by a dlscale older than them, or damaged): in Spark it would be a task error."""
+    for data_dir in data_dirs:
+        missing = [name for name in SUBSET_ARRAYS if not os.path.isfile(os.path.join(data_dir, name))]
+        if missing:
+            raise CellError("%s has no %s (the arrays the executors read; dlscale.partition writes them). "
+                            "Fix: rerun the workflow, which remakes the folder (its partition rule's params "
+                            "changed), or delete the folder and rerun" % (data_dir, " or ".join(missing)))
+
+
 def run_cell(args: argparse.Namespace, process_start: Optional[float] = None) -> dict:
     """The cell, up to its metrics; ``finish_timings`` adds its exit phase and total."""
+    check_data_dirs(args.train_dir, args.test_dir)
     started_at = datetime.datetime.now(datetime.timezone.utc)
     t0 = process_started_at() if process_start is None else process_start
     nodes = allocation_nodes(args.cores, args.cores_per_node)

@@ -1,5 +1,5 @@
-"""The cell's own arithmetic and records (no Spark): atomic metrics, the global batch, the
-thread settings taken from what the trainer found."""
+"""The cell's own checks, arithmetic and records (no Spark): its data folders, atomic metrics, the
+global batch, the thread settings taken from what the trainer found."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import pytest
 
 from dlscale import cell
+from dlscale.cell import CellError, check_data_dirs, parse_args, run_cell
+from dlscale.paths import SUBSET_ARRAYS
 
 
 def test_write_json_atomically_replaces_whole_file(tmp_path):
@@ -46,3 +48,20 @@ def test_threads_are_what_the_trainer_found_not_what_the_cell_asked():
     assert cell.threads_in_force(result) == {
         "OMP_NUM_THREADS": ["1"], "spark.executor.cores": 2, "spark.cores.max": 4, "bigdl_model_replicas": 4,
         "spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"}
+
+
+def test_a_data_folder_without_its_arrays_fails_the_cell_before_spark_starts(tmp_path):
+    train, test = tmp_path / "n1000", tmp_path / "test"
+    for folder in (train, test):
+        folder.mkdir()
+        (folder / "part-0.parquet").write_bytes(b"PAR1")
+        for name in SUBSET_ARRAYS:
+            (folder / name).write_bytes(b"")
+    check_data_dirs(str(train), str(test))  # positive control: both complete
+    (train / SUBSET_ARRAYS[0]).unlink()  # a folder of an older dlscale: Parquet parts only
+    args = parse_args(["--dataset", "d", "--size", "1000", "--cores", "1", "--train-dir", str(train),
+                       "--test-dir", str(test), "--out", str(tmp_path / "metrics.json")])
+    # run_cell checks first: no SparkInstall, no CPU claim, no cluster (a trainer environment is not needed)
+    with pytest.raises(CellError, match=r"n1000 has no _images\.npy .* Fix: rerun the workflow"):
+        run_cell(args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["n1000", "test"]  # no metrics.json
