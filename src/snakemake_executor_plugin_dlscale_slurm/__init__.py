@@ -46,7 +46,8 @@ from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 
 from dlscale.resources import default_slurm_extra_warning
 
-from .states import Outcome, Verdict, lookup_ids, needs_controller, parse_status_lines, settle
+from .states import (Outcome, Verdict, lookup_ids, needs_controller, parse_status_lines, settle,
+                     state_word, stuck_pending)
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -189,6 +190,7 @@ class Executor(SlurmExecutor):
         controller = await self._controller_states(unsure) if unsure else {}
 
         any_ended = False
+        pending = []  # jobs still queued: their reasons are looked at below
         for job_info in active_jobs:
             jid = job_info.external_jobid
             if jid in unsure and controller is None:  # squeue failed: ask again next time
@@ -197,6 +199,8 @@ class Executor(SlurmExecutor):
             verdict = settle(accounting_state[jid], _find(controller or {}, jid))
             if verdict.outcome is Outcome.ACTIVE:
                 self._warn_if_stuck(job_info, verdict)
+                if state_word(verdict.state) == "PENDING":
+                    pending.append(job_info)
                 yield job_info
                 continue
             any_ended = True
@@ -210,6 +214,9 @@ class Executor(SlurmExecutor):
                 self._report_success(job_info)
             else:
                 await self._report_failure(job_info, verdict)
+
+        if pending:
+            await self._warn_if_pending_for_ever(pending)
 
         if any_ended:
             self.next_seconds_between_status_checks = initial_interval
@@ -258,6 +265,34 @@ class Executor(SlurmExecutor):
             else f"{verdict.meaning}; waiting while Slurm's controller still holds it"
         )
         self.logger.warning(f"Slurm job {jid} ({describe_job(job_info.job)}) is {what}.")
+
+    async def _warn_if_pending_for_ever(self, pending: List[SubmittedJobInfo]):
+        """Once per job and reason: a queued job whose reason (squeue %r) will not clear by itself,
+        e.g. a node it needs is down or drained (`states.stuck_pending`). Upstream says nothing
+        and Snakemake waits; the job still runs if the reason clears (the node comes back)."""
+        ids = sorted({j.external_jobid for j in pending})
+        command = ["squeue", "--noheader", "--format=%i|%r", f"--jobs={','.join(ids)}"]
+        if self._submitted_job_clusters:
+            command.append("--clusters=all")
+        async with self.status_rate_limiter:
+            returncode, out, _ = await _run(command)
+        if returncode != 0:  # a job that just started or ended; the next check asks again
+            return
+        reasons = parse_status_lines(out)
+        for job_info in pending:
+            jid = job_info.external_jobid
+            reason = _find(reasons, jid) or ""
+            meaning = stuck_pending(reason)
+            key = (jid, "pending: " + reason.split(",")[0])
+            if meaning is None or key in self._warned:
+                continue
+            self._warned.add(key)
+            self.logger.warning(
+                f"Slurm job {jid} ({describe_job(job_info.job)}) is pending: {reason}: {meaning}. "
+                f"It waits until that changes, which may need an administrator: `sinfo -R` lists "
+                f"down and drained nodes and why, `scontrol show job {jid}` the job; `scancel {jid}` "
+                "fails it (the same command later runs it again)."
+            )
 
     # --- Slurm queries ----------------------------------------------------------------------
 

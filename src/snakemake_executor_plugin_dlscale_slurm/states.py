@@ -190,6 +190,41 @@ def settle(accounting_state: Optional[str], controller_state: Optional[str]) -> 
     return live  # a final state the controller shows is the live view: it decides
 
 
+# Why a job pends (squeue's %r), when what it waits for does not come by itself: an administrator
+# (or the user, with scancel and other resources) must act. Queueing reasons (Priority, Resources,
+# Dependency, BeginTime, ...) are not here. From squeue(1), JOB REASON CODES.
+_STUCK_PENDING = {
+    "ReqNodeNotAvail": "a node it needs is not available (down, drained, reserved or not responding)",
+    "NodeDown": "a node it needs is down",
+    "PartitionDown": "its partition is down",
+    "PartitionInactive": "its partition is inactive",
+    "PartitionNodeLimit": "its node count is outside its partition's limits, or the nodes it needs are down or drained",
+    "PartitionTimeLimit": "its time limit exceeds its partition's",
+    "BadConstraints": "its constraints cannot be satisfied",
+    "InvalidAccount": "its account is invalid",
+    "InvalidQOS": "its QOS is invalid",
+    "DependencyNeverSatisfied": "a job it depends on failed",
+}
+
+
+# Slurm 22.05's squeue prints this description instead of ReqNodeNotAvail for a job that asked for
+# no particular node (seen here with the test cluster's only node drained).
+_NODES_UNAVAILABLE_TEXT = "Nodes required for job are DOWN, DRAINED"
+
+
+def stuck_pending(reason: str) -> Optional[str]:
+    """What a pending job's ``reason`` (squeue %r, e.g. ``ReqNodeNotAvail, UnavailableNodes:n1``)
+    means when the job may wait for ever without someone acting; None for a queueing reason."""
+    if (reason or "").startswith(_NODES_UNAVAILABLE_TEXT):
+        return _STUCK_PENDING["ReqNodeNotAvail"]
+    word = (reason or "").replace(",", " ").split()[0] if (reason or "").strip() else ""
+    if word in _STUCK_PENDING:
+        return _STUCK_PENDING[word]
+    if "PerJob" in word and word.endswith("Limit"):  # e.g. QOSMaxCpuPerJobLimit: the job asks too much
+        return "it asks for more than a per-job limit of its QOS or association allows"
+    return None
+
+
 def parse_status_lines(text: str) -> Dict[str, str]:
     """``<job id>|<state>`` lines (sacct --parsable2, squeue --format=%i|%T) -> {id: state}.
     Lines without ``|`` (e.g. squeue's ``CLUSTER: name`` headers) are skipped; a job listed

@@ -177,3 +177,67 @@ def test_the_poll_interval_grows_up_to_its_cap_and_restarts_when_a_job_ends():
     assert [check() for _ in range(4)] == [13, 20, 20, 20]
     sacct["7"] = "COMPLETED"
     assert check() == 3
+
+
+@pytest.mark.parametrize("reason, stuck", [
+    ("ReqNodeNotAvail, UnavailableNodes:n1", True),  # a node down or drained
+    # Slurm 22.05's squeue, the test cluster's node drained (tests/slurm/test_slurm_pending.py)
+    ("Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority partitions", True),
+    ("NodeDown", True),
+    ("PartitionDown", True),
+    ("PartitionTimeLimit", True),
+    ("QOSMaxCpuPerJobLimit", True),
+    ("DependencyNeverSatisfied", True),
+    # positive controls: queueing reasons clear by themselves
+    ("Priority", False),
+    ("Resources", False),
+    ("Dependency", False),
+    ("BeginTime", False),
+    ("QOSMaxJobsPerUserLimit", False),  # a per-user limit: clears as the user's other jobs end
+    ("None", False),
+    ("", False),
+])
+def test_a_pending_reason_is_stuck_only_when_it_does_not_clear_by_itself(reason, stuck):
+    assert (states.stuck_pending(reason) is not None) == stuck
+
+
+def test_the_executor_warns_once_about_a_job_pending_on_an_unavailable_node(monkeypatch):
+    """The status check asks squeue for the reasons of pending jobs and warns once per job and reason."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import snakemake_executor_plugin_dlscale_slurm as plugin
+    from snakemake_executor_plugin_dlscale_slurm import Executor, ExecutorSettings
+
+    executor = object.__new__(Executor)
+    executor.workflow = SimpleNamespace(executor_settings=ExecutorSettings(init_seconds_before_status_checks=3))
+    executor.next_seconds_between_status_checks = 3
+    executor._warned, executor._submitted_job_clusters = set(), set()
+    executor.status_rate_limiter = asyncio.Lock()
+    warnings: list[str] = []
+    executor.logger = SimpleNamespace(warning=warnings.append)
+    squeue = {"7": "Priority", "8": "ReqNodeNotAvail, UnavailableNodes:n2"}
+    calls: list[list[str]] = []
+
+    async def accounting():
+        return {"7": "PENDING", "8": "PENDING"}
+
+    async def run(command):
+        calls.append(command)
+        return 0, "".join(f"{jid}|{reason}\n" for jid, reason in squeue.items()), ""
+
+    executor._accounting_states = accounting
+    jobs = [SimpleNamespace(external_jobid=jid, job=SimpleNamespace(is_group=lambda: False, name="train_cell",
+                                                                   wildcards=None)) for jid in ("7", "8")]
+    monkeypatch.setattr(plugin, "_run", run)  # squeue's answer; tests/slurm/test_slurm_pending.py asks the real one
+
+    async def check():
+        return [j async for j in executor.check_active_jobs(jobs)]
+
+    for _ in range(3):
+        assert len(asyncio.run(check())) == 2  # both stay active
+    assert calls and calls[0][:3] == ["squeue", "--noheader", "--format=%i|%r"] and calls[0][3] == "--jobs=7,8"
+    assert len(warnings) == 1, warnings  # once, for job 8 only
+    assert warnings[0].startswith("Slurm job 8 (rule train_cell) is pending: ReqNodeNotAvail, UnavailableNodes:n2: "
+                                  "a node it needs is not available"), warnings
+    assert "sinfo -R" in warnings[0] and "scancel 8" in warnings[0]
