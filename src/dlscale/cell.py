@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from dlscale import hoststat
 from dlscale.allocation import allocation_nodes
@@ -337,21 +337,31 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+def record_cell(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict], name: str = "cell",
+                caught: Tuple[type, ...] = (CellError, ClusterError),
+                after_failure: str = "Its Spark cluster was stopped and no metrics were written",
+                log_traceback: bool = False) -> int:
+    """Run one cell (``run``: this module's ``run_cell``, or a peer backend's) as its own process
+    and write its metrics; one ``done`` or ``FAILED`` line either way. Returns the exit code."""
     start_cell_process(args.exit_with_parent)
     try:
-        metrics = finish_timings(run_cell(args))
+        metrics = finish_timings(run(args))
         write_json_atomically(args.out, metrics)
-    except (CellError, ClusterError, Terminated) as error:
-        log.error("cell %s n%d c%d r%d FAILED: %s. Its Spark cluster was stopped and no metrics were "
-                  "written; rerun the workflow to run this cell again (it runs only the missing cells)",
-                  args.dataset, args.size, args.cores, args.repetition, error)
+    except (*caught, Terminated) as error:
+        if log_traceback and not isinstance(error, Terminated):
+            log.exception("the %s failed", name)  # the traceback, for errors of a library or the data
+        log.error("%s %s n%d c%d r%d FAILED: %s. %s; rerun the workflow to run this cell again (it runs only "
+                  "the missing cells)", name, args.dataset, args.size, args.cores, args.repetition, error,
+                  after_failure)
         return 1
-    log.info("cell done: train %.1f s, total %.1f s, %.0f records/s, accuracy %.4f -> %s",
+    log.info("%s done: train %.1f s, total %.1f s, %.0f records/s, accuracy %.4f -> %s", name,
              metrics["timings_s"]["train"], metrics["timings_s"]["total"], metrics["records_per_s"],
              metrics["test_accuracy"], args.out)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return record_cell(parse_args(argv), run_cell)
 
 
 if __name__ == "__main__":

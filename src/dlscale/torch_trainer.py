@@ -43,8 +43,7 @@ import time
 from typing import List, Optional, Tuple
 
 from dlscale import hoststat
-from dlscale.cell import finish_timings, global_batch, metrics_record, parse_args, write_json_atomically
-from dlscale.cell_process import Terminated, start_cell_process
+from dlscale.cell import global_batch, metrics_record, parse_args, record_cell
 from dlscale.cpu_claims import claimed_cpus
 from dlscale.phases import process_started_at
 from dlscale.trainer import MNIST_MEAN, MNIST_STD, PIXELS, manifest_classes
@@ -201,22 +200,8 @@ def run_cell(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    start_cell_process(args.exit_with_parent)
-    try:
-        metrics = finish_timings(run_cell(args))
-        write_json_atomically(args.out, metrics)
-    except (Exception, Terminated) as error:
-        if not isinstance(error, Terminated):
-            log.exception("the torch cell failed")  # the traceback, for errors of torch or the data
-        log.error("torch cell %s n%d c%d r%d FAILED: %s. No metrics were written; rerun the workflow to run "
-                  "this cell again (it runs only the missing cells)",
-                  args.dataset, args.size, args.cores, args.repetition, error)
-        return 1
-    log.info("torch cell done: train %.1f s, total %.1f s, %.0f records/s, accuracy %.4f -> %s",
-             metrics["timings_s"]["train"], metrics["timings_s"]["total"], metrics["records_per_s"],
-             metrics["test_accuracy"], args.out)
-    return 0
+    return record_cell(parse_args(argv), run_cell, name="torch cell", caught=(Exception,),
+                       after_failure="No metrics were written", log_traceback=True)
 
 
 if __name__ == "__main__":

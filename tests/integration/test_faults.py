@@ -739,6 +739,11 @@ def test_a_closed_terminal_does_not_stop_a_cell_started_with_nohup(tmp_path, tra
         fd = os.open(locks / f"cpu{cpu}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.append(fd)
+    # the cells check their data folders before they queue for CPUs: folders with (empty) arrays
+    for folder in (f"resources/{DATASET}/subsets/n{SMALL}", f"resources/{DATASET}/test"):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in SUBSET_ARRAYS:
+            (tmp_path / folder / name).touch()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DLSCALE_CPU_LOCK_DIR": str(locks),
            "DLSCALE_SCRATCH": str(tmp_path)}
     terminal = Terminal(tmp_path, env)
