@@ -260,7 +260,7 @@ JAVA_FRAMES_KEPT = 3  # of a Java stack trace's "\tat ..." lines, the innermost 
 
 def elide_java_frames(lines: List[str]) -> List[str]:
     """``lines`` with each run of Java stack frames cut to its first ``JAVA_FRAMES_KEPT`` frames and
-    one "... N more frames" line: a Python worker's traceback is followed by ~25 Spark frames that
+    one "... N more Java frame(s) elided by dlscale" line: a Python worker's traceback is followed by ~25 Spark frames that
     would otherwise push it out of a short tail."""
     kept: List[str] = []
     run = 0  # frames in the current run

@@ -15,6 +15,8 @@ job status check replaced:
 - a failure names the Slurm job id, its state and what it means, the rule and its wildcards
   (which cell), the exit codes of its steps and its Slurm log;
 - a failed status query keeps the jobs active and says why (upstream drops them silently);
+- a job pending for a reason that does not clear by itself (a node it needs is down or
+  drained, ...) gets one warning naming the reason and the ways out; it is still waited for;
 - the wait between two checks ends as soon as Snakemake shuts down, so Ctrl-C does not wait
   for the rest of a poll interval of up to 180 s.
 
@@ -270,6 +272,8 @@ class Executor(SlurmExecutor):
         """Once per job and reason: a queued job whose reason (squeue %r) will not clear by itself,
         e.g. a node it needs is down or drained (`states.stuck_pending`). Upstream says nothing
         and Snakemake waits; the job still runs if the reason clears (the node comes back)."""
+        # One squeue per status check while jobs are queued: the controller has the live reason
+        # (upstream's sacct query asks for states only).
         ids = sorted({j.external_jobid for j in pending})
         command = ["squeue", "--noheader", "--format=%i|%r", f"--jobs={','.join(ids)}"]
         if self._submitted_job_clusters:
@@ -291,7 +295,7 @@ class Executor(SlurmExecutor):
                 f"Slurm job {jid} ({describe_job(job_info.job)}) is pending: {reason}: {meaning}. "
                 f"It waits until that changes, which may need an administrator: `sinfo -R` lists "
                 f"down and drained nodes and why, `scontrol show job {jid}` the job; `scancel {jid}` "
-                "fails it (the same command later runs it again)."
+                "fails it (rerunning the workflow later submits the cell again)."
             )
 
     # --- Slurm queries ----------------------------------------------------------------------

@@ -54,6 +54,9 @@ empty                   the           controller still holds the job (whatever i
                         controller    state), failed once the controller has forgotten it
 ======================  ============  ========================================================
 
+A job that stays PENDING is waited for; when its pending reason (squeue %r) is one that does not
+clear by itself, e.g. a node it needs is down or drained (`stuck_pending`), the executor warns once.
+
 *Ask the controller* (`settle`): the job is active while ``squeue`` lists it in an active state
 or in a state this module does not know; when it lists it in a final state, that state decides
 (the controller's view is the live one); when it no longer knows the job, the accounting's
@@ -198,7 +201,9 @@ _STUCK_PENDING = {
     "NodeDown": "a node it needs is down",
     "PartitionDown": "its partition is down",
     "PartitionInactive": "its partition is inactive",
-    "PartitionNodeLimit": "its node count is outside its partition's limits, or the nodes it needs are down or drained",
+    "PartitionNodeLimit": (
+        "its node count is outside its partition's limits, or the nodes it needs are down or drained"
+    ),
     "PartitionTimeLimit": "its time limit exceeds its partition's",
     "BadConstraints": "its constraints cannot be satisfied",
     "InvalidAccount": "its account is invalid",
