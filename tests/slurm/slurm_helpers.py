@@ -45,6 +45,13 @@ def wait_node_empty(node: str, timeout: float = 180) -> None:
     skip_or_fail(f"node {node} stayed busy with other jobs for {timeout:.0f}s")
 
 
+def node_state(node: str) -> str:
+    """slurmctld's state of ``node`` (e.g. IDLE, IDLE+DRAIN, DOWN*), '' if it does not answer."""
+    out = run(["scontrol", "-o", "show", "node", node]).stdout
+    m = re.search(r"\bState=(\S+)", out)
+    return m.group(1) if m else ""
+
+
 def sacct_rows(args: list[str], fields: str, want: int, timeout: float = 60, env: dict | None = None) -> list[dict]:
     """Poll sacct until `want` rows are in a final state (bounded); ``env``: e.g. multi_env()."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from slurm_helpers import (POLL_CAP, cell_paths, prepared_study, profile_command, run, run_uuid, run_with_events,
-                           squeue_jobs, wait_node_empty)
+                           node_state, squeue_jobs, wait_node_empty)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -32,11 +32,6 @@ def snakemake_log(workdir: Path) -> str:
     logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
     return logs[-1].read_text(errors="replace") if logs else ""
 
-
-def node_state(node: str) -> str:
-    out = run(["scontrol", "-o", "show", "node", node]).stdout
-    m = re.search(r"\bState=(\S+)", out)
-    return m.group(1) if m else ""
 
 
 def test_a_cell_pending_on_a_drained_node_is_warned_about_once_and_runs_when_the_node_returns(

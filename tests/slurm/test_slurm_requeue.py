@@ -35,7 +35,7 @@ import pytest
 from slurm_helpers import (STUDY_SIZE, TRAINING_STARTED, LogHistory, cell_paths, job_step_daemons, kill_leftovers,
                            prepared_study, processes_using, profile_command, run, run_uuid, run_with_events,
                            sacct_records, sacct_rows, scratch_of, skip_or_fail, wait_gone, wait_no_job_processes,
-                           wait_node_empty)
+                           node_state, wait_node_empty)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -58,11 +58,6 @@ def job_info(job: str) -> dict:
     out = run(["scontrol", "-o", "show", "job", job]).stdout
     return dict(re.findall(r"\b(\w+)=(\S*)", out))
 
-
-def node_state(node: str) -> str:
-    out = run(["scontrol", "-o", "show", "node", node]).stdout
-    m = re.search(r"\bState=(\S+)", out)
-    return m.group(1) if m else ""
 
 
 def other_jobs_on(node: str, ours: str) -> list[str]:
