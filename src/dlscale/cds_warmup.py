@@ -45,12 +45,11 @@ def _write_arrays(folder: str, records: int) -> None:
     """Synthetic images (28 x 28 bytes) and labels 0..9 as a subset's arrays, with its manifest."""
     import numpy as np
 
-    from dlscale.paths import SUBSET_ARRAYS
+    from dlscale.trainer import save_subset_arrays
 
     os.makedirs(folder)
     images = (np.arange(records * 784, dtype=np.int64) * 7 % 256).astype(np.uint8).reshape(records, 28, 28)
-    np.save(os.path.join(folder, SUBSET_ARRAYS[0]), images)
-    np.save(os.path.join(folder, SUBSET_ARRAYS[1]), (np.arange(records) % 10).astype(np.int32))
+    save_subset_arrays(folder, images, np.arange(records) % 10)
     with open(os.path.join(folder, "_manifest.json"), "w") as handle:
         json.dump({"n_classes": 10}, handle)
 

@@ -41,6 +41,7 @@ from dlscale import __version__
 from dlscale.datasets import sha256_of_file
 from dlscale.paths import SUBSET_ARRAYS
 from dlscale.idx import check_test_classes, class_count, load_split, read_labels, split_file_names, split_paths
+from dlscale.trainer import save_subset_arrays
 
 MANIFEST_NAME = "_manifest.json"  # "_": skipped by Spark/pyarrow folder readers
 PART_GLOB = "part-*.parquet"
@@ -150,8 +151,7 @@ def write_parquet_parts(
         for name, rows in zip(files, rows_per_file):
             pq.write_table(_table(images[rows], labels[rows]), tmp_dir / name)
         in_part_order = np.concatenate(rows_per_file)
-        np.save(tmp_dir / SUBSET_ARRAYS[0], np.ascontiguousarray(images[in_part_order]))
-        np.save(tmp_dir / SUBSET_ARRAYS[1], labels[in_part_order].astype(np.int32))
+        save_subset_arrays(tmp_dir, images[in_part_order], labels[in_part_order])
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     _build_dir_atomically(out, build)

@@ -69,6 +69,17 @@ def make_optim_method(name: str, learning_rate: float):
     raise ValueError("unknown optimizer %r: use adam or sgd" % name)
 
 
+def save_subset_arrays(folder, images, labels) -> None:
+    """Write a subset's arrays (``SUBSET_ARRAYS`` in ``folder``), the form ``load_samples`` maps:
+    images N x 28 x 28 uint8, labels N int32 (0-based). Used by dlscale.partition for every subset
+    and by the class-data sharing warm-up for its synthetic one; it lives here, beside its reader,
+    because dlscale.partition needs pyarrow, which the trainer environment lacks."""
+    import numpy as np
+
+    np.save(os.path.join(folder, SUBSET_ARRAYS[0]), np.ascontiguousarray(images))
+    np.save(os.path.join(folder, SUBSET_ARRAYS[1]), np.asarray(labels).astype(np.int32))
+
+
 def load_samples(sc, data_dir: str, partitions: int):
     """Read a subset's arrays (``_images.npy``, ``_labels.npy``, written by dlscale.partition)
     into a cached RDD of Samples, materialised here so that the data-load phase is timed on its
