@@ -274,10 +274,7 @@ class Executor(SlurmExecutor):
         and Snakemake waits; the job still runs if the reason clears (the node comes back)."""
         # One squeue per status check while jobs are queued: the controller has the live reason
         # (upstream's sacct query asks for states only).
-        ids = sorted({j.external_jobid for j in pending})
-        command = ["squeue", "--noheader", "--format=%i|%r", f"--jobs={','.join(ids)}"]
-        if self._submitted_job_clusters:
-            command.append("--clusters=all")
+        command = self._squeue_command("%i|%r", [j.external_jobid for j in pending])
         async with self.status_rate_limiter:
             returncode, out, _ = await _run(command)
         if returncode != 0:  # a job that just started or ended; the next check asks again
@@ -330,10 +327,7 @@ class Executor(SlurmExecutor):
     async def _controller_states(self, job_ids: List[str]) -> Optional[Dict[str, str]]:
         """{job id: state} as slurmctld has them (it forgets a job MinJobAge after it ends);
         a job it does not list is not in the result. None when squeue failed."""
-        ids = sorted({i for jid in job_ids for i in lookup_ids(jid)})
-        command = ["squeue", "--noheader", "--states=all", "--format=%i|%T", f"--jobs={','.join(ids)}"]
-        if self._submitted_job_clusters:
-            command.append("--clusters=all")
+        command = self._squeue_command("%i|%T", job_ids, "--states=all")
         async with self.status_rate_limiter:
             returncode, out, err = await _run(command)
         if returncode == 0:
@@ -342,6 +336,14 @@ class Executor(SlurmExecutor):
             return {}
         self.logger.warning(f"squeue failed ({err.strip() or returncode}): `{shlex.join(command)}`.")
         return None
+
+    def _squeue_command(self, fields: str, job_ids: List[str], *options: str) -> List[str]:
+        """``squeue`` printing ``fields`` for the jobs (and, for an array task, its array job)."""
+        ids = sorted({i for jid in job_ids for i in lookup_ids(jid)})
+        command = ["squeue", "--noheader", *options, f"--format={fields}", f"--jobs={','.join(ids)}"]
+        if self._submitted_job_clusters:
+            command.append("--clusters=all")
+        return command
 
     async def _job_steps(self, job_id: str) -> Tuple[str, str]:
         """The job's and its steps' ``id state exitcode`` for a failure message, and the
