@@ -37,7 +37,8 @@ from dlscale.neighbours import Neighbours
 from dlscale.paths import SUBSET_ARRAYS
 from dlscale.phases import process_started_at, unaccounted
 from dlscale.scratch import private_scratch
-from dlscale.spark_node import ClusterError, SparkInstall, die_with_parent, node_address, show_log_tails
+from dlscale.spark_node import (BIGDL_JVM_OPTS, ClusterError, SparkInstall, die_with_parent, node_address,
+                                 show_log_tails)
 
 log = logging.getLogger("dlscale.cell")
 
@@ -80,11 +81,13 @@ def jvm_options(cores: int) -> Dict[str, str]:
     most of a short training (measured, 5000 records, 1 core: train 37 s with C2, 27 s without;
     the steady-state iteration is no slower, BigDL's arithmetic is in MKL).
     ``DLSCALE_DRIVER_JAVA_OPTS`` / ``DLSCALE_EXECUTOR_JAVA_OPTS`` replace them (for tuning
-    experiments; recorded in metrics.json)."""
+    experiments; recorded in metrics.json), and ``BIGDL_JVM_OPTS`` (their log and temporary files
+    in the cell's scratch) are always added."""
     base = "-XX:+UseParallelGC -XX:ParallelGCThreads=%d -XX:TieredStopAtLevel=1" % cores
     driver = os.environ.get("DLSCALE_DRIVER_JAVA_OPTS", base)
     executor = os.environ.get("DLSCALE_EXECUTOR_JAVA_OPTS", base)
-    return {"spark.driver.extraJavaOptions": driver, "spark.executor.extraJavaOptions": executor}
+    return {"spark.driver.extraJavaOptions": "%s %s" % (driver, BIGDL_JVM_OPTS),
+            "spark.executor.extraJavaOptions": "%s %s" % (executor, BIGDL_JVM_OPTS)}
 
 
 def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: str) -> dict:

@@ -50,6 +50,31 @@ LOG4J_PROPERTIES = (
     "log4j.logger.com.intel.analytics.bigdl.dllib.optim=INFO\n"
 )
 
+# BigDL logs through log4j 2, which finds the log4j2-test.xml in BigDL's jar unless told
+# otherwise; that file also appends every line, buffered, to "/tmp/${sys:logFilename}": one file
+# outside the cell's scratch, shared by every cell and user of the node, written in 8 KB pieces
+# (a 30000-record cell's log does reach it). The cell's driver and executors read this instead
+# (``BIGDL_JVM_OPTS``), from their node's conf folder on their class path: the same INFO lines,
+# on stderr only, in the format of Spark's lines above.
+BIGDL_LOG4J2_NAME = "dlscale-log4j2.properties"
+BIGDL_LOG4J2_PROPERTIES = (
+    "status = warn\n"
+    "appender.console.type = Console\n"
+    "appender.console.name = console\n"
+    "appender.console.target = SYSTEM_ERR\n"
+    "appender.console.layout.type = PatternLayout\n"
+    "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
+    "rootLogger.level = info\n"
+    "rootLogger.appenderRef.console.ref = console\n"
+)
+# JVM options of a cell's driver and executors that keep their files in its scratch: the log4j 2
+# configuration above (a class-path resource: each node's conf folder has its own copy), and
+# java.io.tmpdir in the JVM's working directory, which is in the scratch of its node (the
+# driver's is the scratch, an executor's its work folder there). The default, /tmp, kept what a
+# killed JVM could not delete: lz4's native library (200 KB) extracted by each JVM that
+# compresses a broadcast or a shuffle block.
+BIGDL_JVM_OPTS = "-Dlog4j.configurationFile=%s -Djava.io.tmpdir=." % BIGDL_LOG4J2_NAME
+
 
 class ClusterError(RuntimeError):
     """The transient cluster could not start, or died; the message says which part and why."""
@@ -202,11 +227,13 @@ print(json.dumps({"spark_home": os.path.dirname(pyspark.__file__), "java_home": 
 
 # --- a node's Spark processes: environment, files, command lines --------------------------------
 def write_private_files(scratch: str) -> None:
-    """The daemons' private folders (0700) in ``scratch`` and their log4j configuration."""
+    """The daemons' private folders (0700) in ``scratch`` and the log4j configurations: Spark's,
+    and BigDL's for the driver and executors (``BIGDL_LOG4J2_PROPERTIES``)."""
     for sub in ("conf", "local", "work", "logs"):
         os.makedirs(os.path.join(scratch, sub), mode=0o700, exist_ok=True)
-    with open(os.path.join(scratch, "conf", "log4j.properties"), "w") as handle:
-        handle.write(LOG4J_PROPERTIES)
+    for name, text in (("log4j.properties", LOG4J_PROPERTIES), (BIGDL_LOG4J2_NAME, BIGDL_LOG4J2_PROPERTIES)):
+        with open(os.path.join(scratch, "conf", name), "w") as handle:
+            handle.write(text)
 
 
 def spark_env(install: SparkInstall, scratch: str, bind_address: str, tag: str) -> Dict[str, str]:

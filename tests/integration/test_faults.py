@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import re
@@ -65,7 +66,7 @@ pytestmark = pytest.mark.integration
 
 DATASET = "fashion-mnist"
 SMALL, OTHER, BIG, NEW = 256, 512, 1024, 128
-TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO (cluster.py log4j)
+TRAINING_STARTED = "[Epoch 1 "  # BigDL's optimizer logs each iteration at INFO (spark_node log4j2)
 
 
 # --- processes, seen through /proc --------------------------------------------------------------
@@ -208,6 +209,7 @@ class CellRun:
     tags: set[str] = field(default_factory=set)
     listen: dict[int, tuple[str, int]] = field(default_factory=dict)  # inode -> (address, port)
     done: list[str] = field(default_factory=list)  # the faults injected, in order
+    lz4_libraries: list[str] = field(default_factory=list)  # lz4's native library as the killed driver mapped it
     frozen: Optional[str] = None  # the log as this run left it (a later run rewrites the file)
     up_together: set[int] = field(default_factory=set)  # cells whose clusters were up with this one
 
@@ -352,6 +354,9 @@ def kill_driver(run: CellRun) -> None:
     drivers = [pid for pid in run.find(r"java .*org\.apache\.spark\.deploy\.SparkSubmit ")
                if "org.apache.spark.launcher.Main" not in run.seen[pid][1] and still_running({pid: run.seen[pid]})]
     assert len(drivers) == 1, f"expected one driver JVM: {[(pid, run.seen[pid][1][:200]) for pid in drivers]}"
+    # where the JVM extracted lz4's native library (java.io.tmpdir): a SIGKILLed JVM cannot delete it
+    maps = read_proc(drivers[0], "maps").decode(errors="replace").splitlines()
+    run.lz4_libraries = sorted({line.split()[-1] for line in maps if "liblz4-java" in line})
     os.kill(drivers[0], signal.SIGKILL)
     run.done.append("SIGKILL driver %d" % drivers[0])
 
@@ -433,6 +438,7 @@ class Study:
     workdir: Path
     env: dict[str, str]
     scratch: Path
+    started: float = field(default_factory=time.time)
 
     def command(self, *targets: str) -> list[str]:
         return [str(DRIVER_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(self.workdir),
@@ -533,6 +539,18 @@ def assert_nothing_left(run: CellRun, scratch_removed: bool = True) -> None:
         assert not os.path.exists(scratch), f"scratch {scratch} left behind"
 
 
+# What a cell's driver and executor JVMs would write outside their scratch if left to their
+# defaults: java.io.tmpdir's /tmp (lz4's native library, which a killed JVM cannot delete; Spark's
+# temporary folders) and the file BigDL's own log4j2-test.xml appends to.
+JVM_FILES_IN_TMP = ("liblz4-java-*", "snappy-*", "blockmgr-*", "spark-*", "${sys:logFilename}")
+
+
+def jvm_files_in_tmp(since: float) -> list[str]:
+    """Such files in /tmp written since ``since`` (the study's start; nothing else runs cells meanwhile)."""
+    paths = (path for pattern in JVM_FILES_IN_TMP for path in glob.glob(os.path.join("/tmp", pattern)))
+    return sorted(path for path in paths if os.path.lexists(path) and os.lstat(path).st_mtime >= since)
+
+
 def assert_no_metrics(study: Study, size: int) -> None:
     folder = study.metrics(size).parent
     assert not study.metrics(size).exists()
@@ -565,6 +583,11 @@ def test_a_dead_driver_fails_the_cell_clearly_and_leaves_nothing(study, first_fa
     tails = executor_log_tails(log)
     assert len(tails) == 1 and tails[0].strip(), log[-5000:]
     assert_nothing_left(run)  # also the trainer's Python, orphaned by its JVM
+    # The killed driver's temporary files were in its scratch, removed with it; none in /tmp
+    # (java.io.tmpdir's default), nor BigDL's log file (spark_node.BIGDL_JVM_OPTS).
+    assert run.lz4_libraries, "the driver had not loaded lz4's library: the check of /tmp would prove nothing"
+    assert all(path.startswith(run.scratch + "/") for path in run.lz4_libraries), run.lz4_libraries
+    assert jvm_files_in_tmp(study.started) == []
     assert_no_metrics(study, SMALL)
     # Snakemake shows the user which cell failed and its log
     assert "Error in rule train_cell" in output(proc) and str(run.log.relative_to(study.workdir)) in output(proc)
@@ -574,11 +597,17 @@ def test_sigkill_of_a_cell_still_takes_its_cluster_down(study, first_faults):
     proc, cells = first_faults
     run = cells[OTHER]
     assert run.done == ["SIGKILL cell"]
-    assert TRAINING_STARTED in run.log_text()  # it was killed mid-training
+    log = run.log_text()
+    assert TRAINING_STARTED in log  # it was killed mid-training
+    # BigDL logs through the cell's log4j 2 configuration (Spark's line format), not its jar's
+    # log4j2-test.xml ("yy-MM-dd HH:mm:ss [thread] INFO  Class:line -"), whose file is in /tmp
+    assert re.search(r"^\d\d:\d\d:\d\d INFO DistriOptimizer\$: \[Epoch 1 ", log, re.M), log[-3000:]
+    assert not re.search(r"^\d\d-\d\d-\d\d \d\d:\d\d:\d\d \[", log, re.M), log[-3000:]
     # No teardown code could run: the kernel's parent-death signal stops the daemons and the
     # driver, and the worker's executors go with it.
     assert_nothing_left(run, scratch_removed=False)
     assert os.path.isdir(run.scratch), "expected the scratch of a SIGKILLed cell to stay until the next cell"
+    assert jvm_files_in_tmp(study.started) == []
     assert_no_metrics(study, OTHER)
 
 

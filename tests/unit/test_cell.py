@@ -65,3 +65,17 @@ def test_a_data_folder_without_its_arrays_fails_the_cell_before_spark_starts(tmp
     with pytest.raises(CellError, match=r"n1000 has no _images\.npy .* Fix: rerun the workflow"):
         run_cell(args)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["n1000", "test"]  # no metrics.json
+
+
+def test_driver_and_executor_keep_their_log_and_temporary_files_in_the_scratch(monkeypatch):
+    """The log4j 2 configuration and java.io.tmpdir (spark_node.BIGDL_JVM_OPTS) are in both JVMs'
+    options, also when an experiment replaces the tuning options."""
+    from dlscale.spark_node import BIGDL_JVM_OPTS
+
+    assert "-Dlog4j.configurationFile=" in BIGDL_JVM_OPTS and "-Djava.io.tmpdir=." in BIGDL_JVM_OPTS
+    default = cell.jvm_options(2)
+    assert all(opts.endswith(" " + BIGDL_JVM_OPTS) and "-XX:ParallelGCThreads=2" in opts for opts in default.values())
+    monkeypatch.setenv("DLSCALE_DRIVER_JAVA_OPTS", "-Xint")
+    replaced = cell.jvm_options(2)
+    assert replaced["spark.driver.extraJavaOptions"] == "-Xint " + BIGDL_JVM_OPTS
+    assert replaced["spark.executor.extraJavaOptions"] == default["spark.executor.extraJavaOptions"]

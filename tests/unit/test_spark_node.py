@@ -115,3 +115,18 @@ def test_log_tails_keep_a_python_traceback_that_long_java_stack_traces_follow(tm
 def test_a_master_that_does_not_answer_has_no_workers():
     assert StandaloneCluster.alive_workers(None) == 0
     assert StandaloneCluster.alive_workers({"workers": [{"state": "ALIVE"}, {"state": "DEAD"}]}) == 1
+
+
+def test_private_files_hold_both_log_configurations_and_bigdls_writes_no_file(tmp_path):
+    """Spark's log4j 1 file and the log4j 2 file that BIGDL_JVM_OPTS names, in the conf folder
+    (on the driver's and executors' class path); the latter has a console appender only, where
+    BigDL's own log4j2-test.xml also appends to a file in /tmp."""
+    spark_node.write_private_files(str(tmp_path))
+    conf = tmp_path / "conf"
+    assert sorted(p.name for p in conf.iterdir()) == sorted(["log4j.properties", spark_node.BIGDL_LOG4J2_NAME])
+    assert "-Dlog4j.configurationFile=%s " % spark_node.BIGDL_LOG4J2_NAME in spark_node.BIGDL_JVM_OPTS
+    props = dict(line.split(" = ", 1) for line in (conf / spark_node.BIGDL_LOG4J2_NAME).read_text().splitlines())
+    appenders = {key.split(".")[1] for key in props if key.startswith("appender.")}
+    assert appenders == {"console"} and props["appender.console.type"] == "Console"
+    assert props["rootLogger.appenderRef.console.ref"] == "console"
+    assert oct((conf).stat().st_mode & 0o777) == "0o700"
