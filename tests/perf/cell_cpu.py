@@ -8,7 +8,9 @@ Needs the trainer environment and the prepared subsets under resources/<dataset>
 ``git worktree add /tmp/old <commit>``, then ``--src /tmp/old/src``). Prints each kind's CPU
 seconds (master, worker, spark-submit's launcher, the driver JVM, the trainer's Python, the
 executor JVM, the executor's Python workers, the cell itself) and the cell's phases from its
-metrics.json. README "What was tuned" quotes one run. Not a test: speed is measured here and in
+metrics.json; ``--threads`` adds the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the
+application's own threads: digits in thread names folded, "C1 CompilerThre" is HotSpot's 15-
+character name). README "What was tuned" quotes one run. Not a test: speed is measured here and in
 `make bench`, never asserted. A process that lives less than 0.1 s may be missed.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,12 +65,33 @@ def descendants(root: int) -> List[int]:
     return found
 
 
+def thread_times(pid: int) -> Dict[str, tuple]:
+    """tid -> (thread name with digits folded, "GC Thread#0" -> "GC Thread#N"; CPU seconds so far)
+    of each live thread of ``pid``."""
+    times: Dict[str, tuple] = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return times
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        name = re.sub(r"\d+", "N", text[text.index("(") + 1:text.rindex(")")])
+        fields = text.rsplit(")", 1)[1].split()
+        times[tid] = (name, (int(fields[11]) + int(fields[12])) / TICKS)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--src", default=str(REPO / "src"), help="the dlscale package's folder to run")
+    parser.add_argument("--threads", action="store_true", help="also each JVM's CPU by thread name")
     args = parser.parse_args()
     data = REPO / "resources" / args.dataset
     out = Path(tempfile.mkdtemp(prefix="dlscale-cell-cpu-"))
@@ -78,6 +102,7 @@ def main() -> int:
         cell = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONPATH=args.src), cwd=REPO)
         cpu: Dict[int, tuple] = {}  # pid -> (kind, CPU seconds so far)
+        threads: Dict[int, Dict[str, tuple]] = {}  # pid -> tid -> (name, CPU seconds so far), --threads
         while cell.poll() is None:
             for pid in descendants(cell.pid):
                 try:
@@ -89,6 +114,8 @@ def main() -> int:
                     continue
                 kind = cpu[pid][0] if pid in cpu else kind_of(line)
                 cpu[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)
+                if args.threads and ("JVM" in kind or kind in ("master", "worker")):
+                    threads.setdefault(pid, {}).update(thread_times(pid))  # keeps threads that ended
             time.sleep(0.1)
     if cell.returncode != 0:
         print("the cell failed (exit %d); its log: %s" % (cell.returncode, out / "cell.log"), file=sys.stderr)
@@ -104,6 +131,15 @@ def main() -> int:
           % (sum(by_kind.values()), timings["total"], timings["train"], timings["total"] - timings["train"],
              out / "cell.log"))
     print(json.dumps({phase: round(seconds, 2) for phase, seconds in timings.items()}))
+    if args.threads:
+        by_thread: Dict[tuple, float] = {}
+        for pid, by_tid in threads.items():
+            for name, seconds in by_tid.values():
+                by_thread[(cpu[pid][0], name)] = by_thread.get((cpu[pid][0], name), 0.0) + seconds
+        print("\n| process | thread | CPU s |\n|---|---|---:|")
+        for (kind, name), seconds in sorted(by_thread.items(), key=lambda item: -item[1]):
+            if seconds >= 0.05:
+                print("| %s | %s | %.2f |" % (kind, name, seconds))
     return 0
 
 
