@@ -13,7 +13,7 @@ import pytest
 from dlscale.cluster import StandaloneCluster
 from dlscale.cpu_claims import claimed_cpus
 from dlscale.spark_node import SparkInstall, tagged_pids
-from test_security import APP, REFUSED, Client, app_names, outsider_env
+from test_security import APP, REFUSED, Client, app_names, as_conf_options, client_files_in, outsider_env
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,8 @@ def client_command(cluster: StandaloneCluster, tmp_path: Path) -> tuple[list[str
     submit = [os.path.join(cluster.install.spark_home, "bin", "spark-submit"), "--master", cluster.master_url,
               "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1",
               "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.cores.max=1",
-              "--conf", "spark.executor.memory=512m", "--driver-memory", "512m", str(app)]
+              "--conf", "spark.executor.memory=512m", "--driver-memory", "512m",
+              *as_conf_options(client_files_in(tmp_path)), str(app)]
     return submit, outsider_env(cluster)
 
 

@@ -152,11 +152,24 @@ def cmdlines() -> dict[int, str]:
     return found
 
 
+def client_files_in(folder: Path) -> dict[str, str]:
+    """Spark properties that keep a test client's files (Spark's local folders, the JVMs'
+    temporary files, e.g. lz4's native library, which a killed JVM leaves) out of /tmp: the
+    driver's in ``folder``, an executor's in its working folder in the cluster's scratch."""
+    return {"spark.local.dir": str(folder / "spark-local"),
+            "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={folder}",
+            "spark.executor.extraJavaOptions": "-Djava.io.tmpdir=."}
+
+
+def as_conf_options(props: dict[str, str]) -> list[str]:
+    return [item for key, value in props.items() for item in ("--conf", f"{key}={value}")]
+
+
 def test_clients_and_workers_without_the_secret_are_refused(cluster, app, tmp_path):
     spark = cluster.install.spark_home
     submit = [os.path.join(spark, "bin", "spark-submit"), "--master", cluster.master_url,
               "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1",
-              "--conf", "spark.driver.bindAddress=127.0.0.1"]
+              "--conf", "spark.driver.bindAddress=127.0.0.1", *as_conf_options(client_files_in(tmp_path))]
     release = str(tmp_path / "never")
     env = outsider_env(cluster)
     intruders = {
@@ -248,7 +261,8 @@ def start_owner_app(cluster: StandaloneCluster, app: Path, name: str, tmp_path: 
     """The application of the cluster's owner, the way a cell submits its trainer: the properties
     file holds the secret, the driver's environment does not. It waits for ``release``."""
     release = tmp_path / f"release-{name}"
-    extra = {"spark.cores.max": "1", "spark.executor.memory": "512m", "spark.driver.memory": "512m"}
+    extra = {"spark.cores.max": "1", "spark.executor.memory": "512m", "spark.driver.memory": "512m",
+             **client_files_in(tmp_path)}
     command = cluster.submit_command(str(app), [name, str(release)], extra)
     return Client(command, cluster.driver_env(), tmp_path / f"{name}.log"), release
 
