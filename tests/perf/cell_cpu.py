@@ -8,7 +8,7 @@ Needs the trainer environment and the prepared subsets under resources/<dataset>
 ``git worktree add /tmp/old <commit>``, then ``--src /tmp/old/src``). Prints each kind's CPU
 seconds (master, worker, spark-submit's launcher, the driver JVM, the trainer's Python, the
 executor JVM, the executor's Python workers, the cell itself) and the cell's phases from its
-metrics.json; ``--threads`` adds the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the
+metrics.json; ``--idle`` the half-seconds in which the cell left its CPUs idle, by phase; ``--threads`` adds the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the
 application's own threads: digits in thread names folded, "C1 CompilerThre" is HotSpot's 15-
 character name). README "What was tuned" quotes one run. Not a test: speed is measured here and in
 `make bench`, never asserted. A process that lives less than 0.1 s may be missed.
@@ -85,6 +85,30 @@ def thread_times(pid: int) -> Dict[str, tuple]:
     return times
 
 
+def print_idle(timeline: List[tuple], timings: Dict[str, float], cores: int) -> None:
+    """The half-seconds in which the cell's processes used under 80 % of its cores, each with the
+    phase it fell in (the phases laid end to end from the cell's start, dlscale.phases order)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from dlscale.phases import PHASES
+
+    ends, clock = [], 0.0
+    for phase in PHASES:
+        clock += timings.get(phase, 0.0)
+        ends.append((clock, phase))
+    print("\n| from s | to s | CPU used | phase |\n|---:|---:|---:|---|")
+    idle = 0.0
+    for start in [t / 2 for t in range(int(timeline[-1][0] * 2))]:
+        inside = [sample for sample in timeline if start <= sample[0] <= start + 0.5]
+        if len(inside) < 2:
+            continue
+        used = (inside[-1][1] - inside[0][1]) / ((inside[-1][0] - inside[0][0]) * cores)
+        if used < 0.8:
+            idle += (1 - used) * 0.5
+            phase = next((name for end, name in ends if start + 0.25 <= end), "after the phases")
+            print("| %.1f | %.1f | %.0f %% | %s |" % (start, start + 0.5, 100 * used, phase))
+    print("\nCPU left unused in those half-seconds: %.1f core-seconds" % (idle * cores))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1000)
@@ -92,6 +116,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--src", default=str(REPO / "src"), help="the dlscale package's folder to run")
     parser.add_argument("--threads", action="store_true", help="also each JVM's CPU by thread name")
+    parser.add_argument("--idle", action="store_true",
+                        help="also the half-seconds in which the cell's processes used under 80 %% of its cores")
     args = parser.parse_args()
     data = REPO / "resources" / args.dataset
     out = Path(tempfile.mkdtemp(prefix="dlscale-cell-cpu-"))
@@ -103,6 +129,8 @@ def main() -> int:
                                 env=dict(os.environ, PYTHONPATH=args.src), cwd=REPO)
         cpu: Dict[int, tuple] = {}  # pid -> (kind, CPU seconds so far)
         threads: Dict[int, Dict[str, tuple]] = {}  # pid -> tid -> (name, CPU seconds so far), --threads
+        started, started_epoch = time.monotonic(), time.time()
+        timeline: List[tuple] = []  # (seconds since the cell's start, CPU seconds of its processes so far)
         while cell.poll() is None:
             for pid in descendants(cell.pid):
                 try:
@@ -116,6 +144,7 @@ def main() -> int:
                 cpu[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)
                 if args.threads and ("JVM" in kind or kind in ("master", "worker")):
                     threads.setdefault(pid, {}).update(thread_times(pid))  # keeps threads that ended
+            timeline.append((time.monotonic() - started, sum(seconds for _, seconds in cpu.values())))
             time.sleep(0.1)
     if cell.returncode != 0:
         print("the cell failed (exit %d); its log: %s" % (cell.returncode, out / "cell.log"), file=sys.stderr)
@@ -131,6 +160,9 @@ def main() -> int:
           % (sum(by_kind.values()), timings["total"], timings["train"], timings["total"] - timings["train"],
              out / "cell.log"))
     print(json.dumps({phase: round(seconds, 2) for phase, seconds in timings.items()}))
+    if args.idle:
+        print_idle(timeline, timings, args.cores)
+        print("(the cell started at %.3f s on the epoch clock)" % started_epoch)
     if args.threads:
         by_thread: Dict[tuple, float] = {}
         for pid, by_tid in threads.items():
