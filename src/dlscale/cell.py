@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 # How long a failed trainer waits to learn that a remote worker died: its node's
 # dlscale.node_worker stops the node's executors, prints their logs and exits, then srun ends.
 REMOTE_WORKER_DEATH_NOTICE_S = 10.0
+RESULT_POLL_S = 0.05  # how often the cell looks for the trainer's result while the driver runs
 
 
 def write_json_atomically(path: str, payload: dict) -> None:
@@ -121,29 +122,41 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
     # cwd: BigDL writes bigdl.log into the driver's working directory, which must not be shared.
     submitted = time.time()
     proc = subprocess.Popen(command, env=env, cwd=scratch, start_new_session=True, preexec_fn=die_with_parent)
+    result_written = False
     try:
+        last_check = time.time()
         while True:
             try:
-                proc.wait(timeout=1)  # returns as the driver exits: no poll interval added to the cell
+                proc.wait(timeout=RESULT_POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
+                if os.path.exists(result_path):  # written atomically, before the driver's own stop
+                    result_written = True
+                    break
+                if time.time() - last_check >= 1:
+                    last_check = time.time()
+                    cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
+        exited = time.time()
+        if result_written:
+            log.info("trainer result written: its driver stops with the cluster")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # With its result written, the driver's own stop (sc.stop: ~1 s at 1 core, mostly
+            # waiting) is no work of the cell's: the cluster's teardown that follows stops its
+            # executors anyway. Otherwise (a signal, a dead worker) it gets SIGTERM first.
+            os.killpg(proc.pid, signal.SIGKILL if result_written else signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    if proc.returncode != 0 or not os.path.exists(result_path):
+    if not result_written and (proc.returncode != 0 or not os.path.exists(result_path)):
         # A worker's death fails the driver too, and a remote worker's reaches this node only
         # when its srun step ends, which can be after the driver gave up: name the worker if so.
         grace_s = REMOTE_WORKER_DEATH_NOTICE_S if cluster.remote_nodes else 0.0
         cluster.check_alive("before the trainer failed", grace_s=grace_s)
         raise CellError("the trainer failed (spark-submit exit code %s); its output is above"
                         % proc.returncode)
-    exited = time.time()
     with open(result_path) as handle:
         result = json.load(handle)
     clock, trainer_t = result["clock"], result["timings_s"]

@@ -83,6 +83,18 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
             assert m["test_accuracy"] > 0.15  # chance is 0.1; measured 0.41
 
 
+def test_each_cell_left_its_drivers_stop_to_the_teardown_and_nothing_behind(study):
+    """A cell goes on to its teardown once the trainer's result is written (dlscale.cell.run_trainer:
+    the driver's own stop, ~1 s at 1 core, is no work of the cell's), and that teardown then
+    found none of the cluster's processes left to kill by its tag (spark_node.kill_tagged)."""
+    logs = sorted((study / "results" / "logs" / "cells").rglob("*.log"))
+    assert len(logs) == len(SIZES) * len(CORES), logs
+    for path in logs:
+        text = path.read_text()
+        assert "trainer result written: its driver stops with the cluster" in text, text[-3000:]
+        assert "leftover process" not in text, text[-3000:]
+
+
 def test_tables_match_the_cells(study):
     metrics = {(m["size"], m["cores"]): m for m in metrics_of(study)}
     tables = study / "results" / "tables" / "fashion-mnist"

@@ -130,3 +130,20 @@ def test_private_files_hold_both_log_configurations_and_bigdls_writes_no_file(tm
     assert appenders == {"console"} and props["appender.console.type"] == "Console"
     assert props["rootLogger.appenderRef.console.ref"] == "console"
     assert oct((conf).stat().st_mode & 0o777) == "0o700"
+
+
+def test_kill_tagged_stops_the_tagged_processes_only():
+    """What cluster.stop reports as "leftover process(es)": this user's processes whose
+    environment carries the cluster's tag; an untagged one (the control) is left alone."""
+    tag = "unit-%d" % os.getpid()
+    tagged = subprocess.Popen(["sleep", "60"], env=dict(os.environ, **{spark_node.CLUSTER_TAG_VAR: tag}))
+    other = subprocess.Popen(["sleep", "60"], env=dict(os.environ, **{spark_node.CLUSTER_TAG_VAR: tag + "-other"}))
+    try:
+        assert spark_node.tagged_pids(tag) == [tagged.pid]
+        assert spark_node.kill_tagged(tag, grace_s=5) == [tagged.pid]
+        assert tagged.wait(timeout=5) == -signal.SIGTERM
+        assert other.poll() is None and spark_node.tagged_pids(tag) == []
+    finally:
+        for proc in (tagged, other):
+            proc.kill()
+            proc.wait()
