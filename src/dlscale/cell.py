@@ -136,7 +136,6 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
                 if time.time() - last_check >= 1:
                     last_check = time.time()
                     cluster.check_alive()  # a dead worker would otherwise leave the driver waiting
-        exited = time.time()
         if result_written:
             log.info("trainer result written: its driver stops with the cluster")
     finally:
@@ -150,6 +149,7 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+    exited = time.time()  # the driver's processes are gone: the end of driver_stop
     if not result_written and (proc.returncode != 0 or not os.path.exists(result_path)):
         # A worker's death fails the driver too, and a remote worker's reaches this node only
         # when its srun step ends, which can be after the driver gave up: name the worker if so.
