@@ -208,7 +208,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     }
     # On the cell's clock: it times the driver's start before ``begin`` and its stop after the
     # trainer's phases (dlscale.phases), so that no second of the cell goes unaccounted.
-    result["clock"] = {"begin": started, "end": time.time()}
+    result["clock"] = {"begin": started}
     # The result first: the cell goes on to its teardown as soon as it is there, which ends this
     # driver with the rest of the cluster (dlscale.cell.run_trainer). Its own stop, when it gets
     # that far (a warm-up run, or the driver alone), is Spark's usual one.

@@ -8,9 +8,9 @@ Needs the trainer environment and the prepared subsets under resources/<dataset>
 ``git worktree add /tmp/old <commit>``, then ``--src /tmp/old/src``). Prints each kind's CPU
 seconds (master, worker, spark-submit's launcher, the driver JVM, the trainer's Python, the
 executor JVM, the executor's Python workers, the cell itself) and the cell's phases from its
-metrics.json; ``--idle`` the half-seconds in which the cell left its CPUs idle, by phase; ``--threads`` adds the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the
-application's own threads: digits in thread names folded, "C1 CompilerThre" is HotSpot's 15-
-character name). README "What was tuned" quotes one run. Not a test: speed is measured here and in
+metrics.json; ``--idle`` adds the half-seconds in which the cell left its CPUs idle, by phase,
+``--threads`` the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the application's own
+threads: digits in thread names folded, "C1 CompilerThre" is HotSpot's 15-character name). README "What was tuned" quotes one run. Not a test: speed is measured here and in
 `make bench`, never asserted. A process that lives less than 0.1 s may be missed.
 """
 
@@ -65,6 +65,12 @@ def descendants(root: int) -> List[int]:
     return found
 
 
+def cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from the text of a process's or thread's /proc ... /stat."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def thread_times(pid: int) -> Dict[str, tuple]:
     """tid -> (thread name with digits folded, "GC Thread#0" -> "GC Thread#N"; CPU seconds so far)
     of each live thread of ``pid``."""
@@ -80,8 +86,7 @@ def thread_times(pid: int) -> Dict[str, tuple]:
         except OSError:
             continue
         name = re.sub(r"\d+", "N", text[text.index("(") + 1:text.rindex(")")])
-        fields = text.rsplit(")", 1)[1].split()
-        times[tid] = (name, (int(fields[11]) + int(fields[12])) / TICKS)
+        times[tid] = (name, cpu_seconds(text))
     return times
 
 
@@ -135,13 +140,13 @@ def main() -> int:
             for pid in descendants(cell.pid):
                 try:
                     with open("/proc/%d/stat" % pid) as handle:
-                        fields = handle.read().rsplit(")", 1)[1].split()
+                        stat = handle.read()
                     with open("/proc/%d/cmdline" % pid, "rb") as handle:
                         line = handle.read().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
                 kind = cpu[pid][0] if pid in cpu else kind_of(line)
-                cpu[pid] = (kind, (int(fields[11]) + int(fields[12])) / TICKS)
+                cpu[pid] = (kind, cpu_seconds(stat))
                 if args.threads and ("JVM" in kind or kind in ("master", "worker")):
                     threads.setdefault(pid, {}).update(thread_times(pid))  # keeps threads that ended
             timeline.append((time.monotonic() - started, sum(seconds for _, seconds in cpu.values())))

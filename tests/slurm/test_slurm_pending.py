@@ -33,7 +33,6 @@ def snakemake_log(workdir: Path) -> str:
     return logs[-1].read_text(errors="replace") if logs else ""
 
 
-
 def test_a_cell_pending_on_a_drained_node_is_warned_about_once_and_runs_when_the_node_returns(
         cluster, tmp_path_factory):
     wait_node_empty(cluster)
