@@ -203,14 +203,18 @@ def run_cell(args: argparse.Namespace, process_start: Optional[float] = None) ->
         if nodes:
             log.info("cell spans nodes %s: master and driver on %s (%s), one worker per node", nodes, nodes[0], host)
         cluster = StandaloneCluster(install, scratch, cores_per_worker=cores_per_node,
-                                    worker_memory=args.worker_memory, host=host, remote_nodes=nodes[1:])
+                                    worker_memory=args.worker_memory, host=host, remote_nodes=nodes[1:],
+                                    in_driver=len(nodes) <= 1 and args.single_node_cluster == "in-driver")
         tick = time.time()
         cell_start = tick - t0 - cpu_wait  # interpreter, imports, CPU claim, scratch, monitors
         succeeded = False
         try:
             cluster.start()
             cluster_start = time.time() - tick
-            log.info("Spark standalone cluster up in %.1f s at %s", cluster_start, cluster.master_url)
+            if cluster.in_driver:
+                log.info("Spark standalone master and worker to start in the driver JVM (%s)", cluster.master_url)
+            else:
+                log.info("Spark standalone cluster up in %.1f s at %s", cluster_start, cluster.master_url)
             result = run_trainer(cluster, args, scratch)
             succeeded = True
         finally:
@@ -348,6 +352,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="CPUs of one node (slurm.cores_per_node): a cell of more cores spans "
                              "ceil(cores / cores-per-node) nodes of its Slurm allocation")
+    parser.add_argument("--single-node-cluster", choices=["in-driver", "daemons"], default="in-driver",
+                        help="a single-node cell's master and worker: inside its driver JVM (Spark's "
+                             "local-cluster master) or bin/spark-class daemons; a multi-node cell always "
+                             "runs daemons (spark.single_node_cluster)")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop (with teardown) when the process that started the cell dies")
     return parser.parse_args(argv)

@@ -67,6 +67,7 @@ def cell_arguments(
             raise ValueError("a BigDL cell needs the spark settings and slurm.cores_per_node")
         for key in ("executor_memory", "driver_memory", "worker_memory"):
             args.append(("--" + key.replace("_", "-"), _literal(spark[key])))
+        args.append(("--single-node-cluster", _literal(spark["single_node_cluster"])))
         args.append(("--cores-per-node", _literal(int(cores_per_node))))
     return args
 

@@ -39,6 +39,9 @@ ARCHIVES = ("spark", "app")
 STAMP = "stamp.json"
 # The kinds of JVM of a cell, and the archive each uses.
 KINDS = {"launcher": "spark", "master": "spark", "worker": "spark", "driver": "app", "executor": "app"}
+# The class lists each archive is dumped from: the app archive's also has the master's and the
+# worker's, which run inside the driver JVM of an in-driver cluster (dlscale.cluster).
+LISTS = {"spark": ["launcher", "master", "worker"], "app": ["driver", "executor", "master", "worker"]}
 
 
 def archive_dir(install: SparkInstall) -> str:
@@ -69,6 +72,7 @@ def fingerprint(install: SparkInstall) -> dict:
         "java_release": stat(release) if os.path.exists(release) else None,
         "libjvm": stat(os.path.join(install.java_home, "lib", "server", "libjvm.so")),
         "classpaths": {name: [stat(jar) for jar in jars] for name, jars in classpaths(install).items()},
+        "lists": LISTS,  # archives dumped from other lists are rebuilt
     }
 
 
@@ -156,9 +160,8 @@ def build(install: SparkInstall) -> str:
         os.makedirs(staging)
         java = os.path.join(install.java_home, "bin", "java")
         for name, jars in classpaths(install).items():
-            kinds = [kind for kind, archive in KINDS.items() if archive == name]
             merged = os.path.join(lists, name + ".classlist")
-            _merge_lists(lists, kinds, merged)
+            _merge_lists(lists, LISTS[name], merged)
             done = subprocess.run([java, "-Xshare:dump", "-XX:SharedClassListFile=" + merged,
                                    "-XX:SharedArchiveFile=" + os.path.join(staging, name + ".jsa"),
                                    "-cp", ":".join(jars)], capture_output=True, text=True)

@@ -132,6 +132,31 @@ def jvm_options_in_force(sc, conf) -> Dict[str, str]:
     }
 
 
+def start_context():
+    """The SparkContext (its SparkConf from spark-submit) and BigDL's Engine, as ``init_nncontext``
+    starts them, except on an in-driver cluster (Spark's ``local-cluster[1,c,mb]`` master,
+    dlscale.cluster): BigDL 2.4.0's Engine cannot parse that URL ("Can't parse master"), so it is
+    given its one node and ``spark.executor.cores`` itself, with the Engine.init(nodes, cores,
+    onSpark) that BigDL keeps (deprecated; it logs a warning) for this."""
+    from bigdl.dllib.nncontext import check_version, getOrCreateSparkContext, init_nncontext
+    from bigdl.dllib.utils.common import redire_spark_logs, show_bigdl_info_logs
+    from bigdl.dllib.utils.utils import set_python_home
+
+    sc = getOrCreateSparkContext()  # what init_nncontext starts with
+    if not sc.master.startswith("local-cluster["):
+        return init_nncontext()
+    # init_nncontext's steps, in its order, with the Engine's start replaced
+    sc.setLogLevel("WARN")
+    check_version()
+    redire_spark_logs()
+    show_bigdl_info_logs()
+    cores = int(sc.getConf().get("spark.executor.cores"))
+    sc._jvm.com.intel.analytics.bigdl.dllib.utils.Engine.init(1, cores, True)
+    sc._jvm.org.apache.spark.bigdl.api.python.BigDLSerDe.initialize()  # what init_engine adds
+    set_python_home()
+    return sc
+
+
 def last_loss(summary) -> float:
     losses = summary.read_scalar("Loss")
     return float(losses[-1][1]) if len(losses) else float("nan")
@@ -139,13 +164,12 @@ def last_loss(summary) -> float:
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     from bigdl.dllib.nn.criterion import CrossEntropyCriterion
-    from bigdl.dllib.nncontext import init_nncontext
     from bigdl.dllib.optim.optimizer import MaxEpoch, Optimizer, Top1Accuracy, TrainSummary
     from bigdl.dllib.utils.common import get_node_and_core_number
 
     timings: Dict[str, float] = {}
     started = time.time()
-    sc = init_nncontext()  # the SparkConf comes from spark-submit; this also starts BigDL's Engine
+    sc = start_context()
     timings["context_start"] = time.time() - started
 
     tick = time.time()

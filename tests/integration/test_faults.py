@@ -13,7 +13,9 @@ each, two cells at a time):
    teardown code runs: the kernel's parent-death signal must still take its daemons down; its
    scratch stays until the next cell sweeps it).
 2. n256: SIGTERM mid-training (what scancel and the walltime send), then more SIGTERMs during
-   the teardown; n512: its Spark worker JVM is SIGKILLed mid-training.
+   the teardown; n512: its Spark worker JVM is SIGKILLed mid-training. Only this round runs
+   bin/spark-class master and worker daemons (``spark.single_node_cluster: daemons``, what every
+   node of a multi-node cell runs); the others run the default, both inside the driver JVM.
 3. n256: SIGINT (Ctrl-C), n512: SIGUSR1 (the walltime warning), each the first signal the cell
    gets, once its executor runs: the same teardown as SIGTERM.
 4. n256 started by hand in an interactive shell on a terminal that closes, as a dropped ssh
@@ -152,12 +154,14 @@ def tagged(tags: set[str]) -> list[tuple[int, str]]:
 
 
 # --- which clusters were up at the same moment, by the order of reads of the cells' logs ------
-CLUSTER_UP, CLUSTER_STOPPED = "Spark standalone cluster up in", "cluster stopped in"
+# (daemons up; an in-driver cluster's are the driver's, which starts right after that line)
+CLUSTER_UP = ("Spark standalone cluster up in", "Spark standalone master and worker to start in the driver JVM")
+CLUSTER_STOPPED = "cluster stopped in"
 
 
 def cluster_up(text: str) -> bool:
     """The log's cluster is up: started, not yet stopped (a log is rewritten when its cell runs)."""
-    return CLUSTER_UP in text and CLUSTER_STOPPED not in text
+    return any(marker in text for marker in CLUSTER_UP) and CLUSTER_STOPPED not in text
 
 
 def up_at_once(read_logs: dict) -> set:
@@ -231,8 +235,9 @@ class CellRun:
 
     @property
     def master_url(self) -> Optional[str]:
-        match = re.search(r"cluster up in [\d.]+ s at (spark://\S+)", self.log_text())
-        return match.group(1) if match else None
+        match = re.search(r"cluster up in [\d.]+ s at (spark://\S+)|in the driver JVM \((local-cluster\S+)\)",
+                          self.log_text())
+        return (match.group(1) or match.group(2)) if match else None
 
     def find(self, pattern: str) -> list[int]:
         """Pids seen whose command line matches."""
@@ -514,12 +519,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-def assert_nothing_left(run: CellRun, scratch_removed: bool = True) -> None:
+def assert_nothing_left(run: CellRun, scratch_removed: bool = True, daemons: bool = False) -> None:
     """No process of the cell, by its process tree, its cluster tag or its command line; its
-    ports free; its scratch gone; no metrics (not even a temp file)."""
+    ports free; its scratch gone; no metrics (not even a temp file). ``daemons``: the cell ran
+    bin/spark-class master and worker JVMs; otherwise its driver JVM held them (in-driver)."""
     assert run.seen, "the watcher never saw the cell"
     assert run.tags, "the cell's cluster tag was never seen: the check by tag would prove nothing"
-    assert run.find(r"deploy\.master\.Master") and run.find(r"deploy\.worker\.Worker"), "daemons never seen"
+    seen_daemons = [run.find(r"deploy\.master\.Master"), run.find(r"deploy\.worker\.Worker")]
+    if daemons:
+        assert all(seen_daemons), "daemons never seen"
+    else:
+        assert not any(seen_daemons) and run.find("SparkSubmit"), "not an in-driver cluster: %s" % seen_daemons
     wait_until(lambda: not still_running(run.seen), 30)
     assert not still_running(run.seen), f"processes of the cell still running: {still_running(run.seen)}"
     assert tagged(run.tags) == [], f"processes still carry the cell's cluster tag: {tagged(run.tags)}"
@@ -577,9 +587,9 @@ def test_a_dead_driver_fails_the_cell_clearly_and_leaves_nothing(study, first_fa
     assert executors_up(run) and len(DATA_LOADED.findall(log)) == 2  # killed after the data load
     assert failed_lines(log) == ["the trainer failed (spark-submit exit code -9); its output is above"], log[-3000:]
     assert re.search(r"FAILED: the trainer failed .*no metrics were written; rerun the workflow", log)
-    # the daemons' and the executor's logs outlive the scratch (dlscale.cluster names each worker
-    # after its node)
-    assert "----- last" in log and f"logs/worker-on-{socket.gethostname()}.log" in log, log[-3000:]
+    # the executor's logs outlive the scratch (an in-driver cluster has no daemon logs: its
+    # master and worker logged in the driver's output, above)
+    assert "Spark standalone master and worker to start in the driver JVM (local-cluster[1,1,1024])" in log
     tails = executor_log_tails(log)
     assert len(tails) == 1 and tails[0].strip(), log[-5000:]
     assert_nothing_left(run)  # also the trainer's Python, orphaned by its JVM
@@ -603,8 +613,8 @@ def test_sigkill_of_a_cell_still_takes_its_cluster_down(study, first_faults):
     # log4j2-test.xml ("yy-MM-dd HH:mm:ss [thread] INFO  Class:line -"), whose file is in /tmp
     assert re.search(r"^\d\d:\d\d:\d\d INFO DistriOptimizer\$: \[Epoch 1 ", log, re.M), log[-3000:]
     assert not re.search(r"^\d\d-\d\d-\d\d \d\d:\d\d:\d\d \[", log, re.M), log[-3000:]
-    # No teardown code could run: the kernel's parent-death signal stops the daemons and the
-    # driver, and the worker's executors go with it.
+    # No teardown code could run: the kernel's parent-death signal stops the driver, and the
+    # worker inside it takes its executor down.
     assert_nothing_left(run, scratch_removed=False)
     assert os.path.isdir(run.scratch), "expected the scratch of a SIGKILLed cell to stay until the next cell"
     assert jvm_files_in_tmp(study.started) == []
@@ -614,11 +624,16 @@ def test_sigkill_of_a_cell_still_takes_its_cluster_down(study, first_faults):
 # --- 2. SIGTERM (scancel, walltime) and a dead worker JVM ---------------------------------------
 @pytest.fixture(scope="module")
 def second_faults(study, first_faults):
-    return run_with_faults(
-        study,
-        {SMALL: (training, terminate_cell_repeatedly), OTHER: (training, kill_worker)},
-        *cell_targets(study),
-    )
+    # bin/spark-class daemons (what every multi-node cell runs), whose worker JVM can die alone
+    study.set_config(spark={"single_node_cluster": "daemons"})
+    try:
+        return run_with_faults(
+            study,
+            {SMALL: (training, terminate_cell_repeatedly), OTHER: (training, kill_worker)},
+            *cell_targets(study),
+        )
+    finally:
+        study.set_config(spark={"single_node_cluster": "in-driver"})
 
 
 def test_sigterm_stops_the_cell_with_a_full_teardown(study, second_faults):
@@ -630,7 +645,7 @@ def test_sigterm_stops_the_cell_with_a_full_teardown(study, second_faults):
     assert "FAILED: received SIGTERM (scancel, the walltime, Ctrl-C or a stopped workflow)" in log
     assert "SIGTERM ignored: the cell is already stopping" in log
     assert "cluster stopped in" in log
-    assert_nothing_left(run)
+    assert_nothing_left(run, daemons=True)
     assert_no_metrics(study, SMALL)
 
 
@@ -638,9 +653,12 @@ def test_dead_worker_jvm_fails_the_cell_clearly(study, second_faults):
     proc, cells = second_faults
     run = cells[OTHER]
     assert run.done and run.done[0].startswith("SIGKILL worker")
+    log = run.log_text()
     assert re.search(r"FAILED: the Spark worker on %s \(pid \d+\) died \(killed by SIGKILL\) while the trainer ran"
-                     % re.escape(socket.gethostname()), run.log_text()), run.log_text()[-3000:]
-    assert_nothing_left(run)
+                     % re.escape(socket.gethostname()), log), log[-3000:]
+    # the daemons' logs outlive the scratch (dlscale.cluster names each worker after its node)
+    assert "----- last" in log and f"logs/worker-on-{socket.gethostname()}.log" in log, log[-3000:]
+    assert_nothing_left(run, daemons=True)
     assert_no_metrics(study, OTHER)
 
 
@@ -847,7 +865,8 @@ def test_two_cells_at_once_do_not_collide(study, retried):
     assert any(f"n{SMALL}/c1/r1" in name for name in other["overlapping_cells"]), other["overlapping_cells"]
     # ... on different CPUs, ports, scratch directories, logs
     assert not set(small["cpus_allowed"]) & set(other["cpus_allowed"])
-    assert a.master_url and b.master_url and a.master_url != b.master_url
+    # (in-driver clusters: both local-cluster[1,1,1024]; their ports are below)
+    assert a.master_url == b.master_url == "local-cluster[1,1,1024]", (a.master_url, b.master_url)
     assert not {port for _, port in a.listen.values()} & {port for _, port in b.listen.values()}
     assert a.scratch != b.scratch and a.tags.isdisjoint(b.tags)
     assert a.log != b.log
@@ -863,7 +882,8 @@ def test_web_uis_and_every_port_of_a_cell_are_on_loopback(retried):
     for run in cells.values():
         addresses = {address for address, _ in run.listen.values()}
         assert addresses <= {"0100007F", "0000000000000000FFFF00000100007F"}, addresses  # 127.0.0.1
-        # master + its web UI, worker + its web UI, driver RPC, two block managers at least
+        # master + its web UI, worker + its web UI (in the driver JVM), driver RPC, two block
+        # managers at least
         assert len(run.listen) >= 6, run.listen
 
 
@@ -1010,7 +1030,8 @@ def test_two_slurm_jobs_on_one_node_both_succeed(study, retried, tmp_path):
     (first, log1), (second, log2) = results
     assert first["slurm_job_id"] and second["slurm_job_id"] and first["slurm_job_id"] != second["slurm_job_id"]
     assert frozenset({1, 2}) in overlap.together, "the two jobs' clusters were never up at once (node busy?)"
-    urls = [re.search(r"cluster up in [\d.]+ s at (spark://\S+)", text).group(1) for text in (log1, log2)]
+    # in-driver clusters (the default): the master URL is the same, nothing else of theirs
+    urls = [re.search(r"in the driver JVM \((local-cluster\S+)\)", text).group(1) for text in (log1, log2)]
     scratches = [re.search(r"scratch (\S+)", text).group(1) for text in (log1, log2)]
-    assert urls[0] != urls[1] and scratches[0] != scratches[1]
+    assert urls == ["local-cluster[1,1,1024]"] * 2 and scratches[0] != scratches[1]
     assert not any(os.path.exists(path) for path in scratches)

@@ -132,6 +132,9 @@ def failed_study(cluster, tmp_path_factory):
     # 48 s here and nothing in this module is about them; test_slurm_faults.py's `prepared` runs
     # and checks them through Slurm, the multi-node study runs a whole study from scratch.
     workdir = prepared_study(tmp_path_factory, "slurm-study", cores=[1, 2])
+    # bin/spark-class daemons, whose worker JVM can die alone (by default a single-node cell's
+    # master and worker are threads of its driver JVM)
+    study_config(workdir, [1, 2], spark={"single_node_cluster": "daemons"})
     with WorkerKiller(workdir, CELL.format(size=SIZE, cores=2)) as killer:
         proc = profile_run(workdir)
     assert not killer.errors, killer.errors

@@ -14,7 +14,7 @@ from dlscale.cell_command import SRC_DIR, cell_arguments, interpreter, shell_tem
 
 TRAINING = {"epochs": 2, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001, "seed": 42,
             "test_size": None}
-SPARK = {"executor_memory": "1g", "driver_memory": "2g", "worker_memory": "4g"}
+SPARK = {"executor_memory": "1g", "driver_memory": "2g", "worker_memory": "4g", "single_node_cluster": "daemons"}
 WILDCARDS = SimpleNamespace(dataset="fashion-mnist", scaling="weak", size="512", cores="2", rep="3")
 
 
@@ -50,7 +50,7 @@ def test_bigdl_command(fake_python, tmp_path):
                     "--test-dir", "resources/fashion-mnist/test", "--out", "out/metrics.json",
                     "--epochs", "2", "--batch-size", "64", "--optimizer", "adam", "--learning-rate", "0.001",
                     "--seed", "42", "--executor-memory", "1g", "--driver-memory", "2g", "--worker-memory", "4g",
-                    "--cores-per-node", "8"]
+                    "--single-node-cluster", "daemons", "--cores-per-node", "8"]
 
 
 def test_torch_command_has_no_spark_options_and_keeps_the_callers_pythonpath(fake_python, tmp_path):
