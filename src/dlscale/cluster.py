@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from dlscale.spark_node import (ClusterError, SparkInstall, daemon_env, kill_tagged, spark_env, spawn_daemon,
-                                worker_argv, write_private_files)
+                                tagged_pids, worker_argv, write_private_files)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ def memory_mb(memory: str) -> int:
     if not memory[:-1].isdigit() or memory[-1:].lower() not in ("m", "g"):
         raise ValueError("memory %r: use a number of MiB or GiB, e.g. 512m or 4g" % memory)
     return int(memory[:-1]) * (1024 if memory[-1].lower() == "g" else 1)
+
+
+def command_name(pid: int) -> str:
+    """The first words of a process's command line ("" once it is gone), for the log."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return " ".join(handle.read().decode(errors="replace").split("\0")[:3]).strip()
+    except OSError:
+        return ""
 
 
 def port_listens(host: str, port: int) -> bool:
@@ -297,6 +306,14 @@ class StandaloneCluster:
                 proc.wait()
         self._procs.clear()
         self._remote_pids.clear()
+        if self.in_driver:
+            # The cell ended the driver's process group (its JVM, with the master, the worker and
+            # the executor it launched; dlscale.cell.run_trainer): what is left, by the tag, is
+            # the executor's Python daemon, which pyspark puts in a process group of its own.
+            names = {pid: command_name(pid) for pid in tagged_pids(self.tag)}
+            if kill_tagged(self.tag, grace_s):
+                log.info("stopped the in-driver cluster's remaining process(es) by its tag: %s", names)
+            return
         leftovers = kill_tagged(self.tag, grace_s)
         if leftovers:
             log.info("killed %d leftover process(es) of the cluster: %s", len(leftovers), leftovers)

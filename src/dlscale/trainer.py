@@ -265,7 +265,17 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 
 def main(argv: List[str]) -> int:
-    train(parse_args(argv))  # writes the result to --out
+    try:
+        train(parse_args(argv))  # writes the result to --out
+    except BaseException:
+        # Stop the application before the interpreter exits: otherwise the JVM's shutdown stops an
+        # in-driver worker while its master still serves the application, and the master has
+        # the worker launch replacement executors that fail ("Shutdown hooks cannot be modified").
+        from pyspark import SparkContext
+
+        if SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+        raise
     return 0
 
 

@@ -3,6 +3,7 @@ partition -> one transient Spark cluster per cell -> tables and figures -> HTML 
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -64,6 +65,10 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
         # timed cells ran one at a time (measurement.exclusive defaults to true)
         assert m["exclusive"] is True and m["overlapping_cells"] == []
         assert m["threads"]["OMP_NUM_THREADS"] == ["1"]
+        # the default single-node layout: master and worker in the driver JVM (spark.single_node_cluster),
+        # and BigDL's engine ran one model copy per core of it all the same
+        assert m["spark_conf"]["spark.master"] == "local-cluster[1,%d,4096]" % m["cores"], m["spark_conf"]
+        assert m["threads"]["bigdl_model_replicas"] == m["cores"] == m["threads"]["spark.executor.cores"]
         assert m["versions"]["spark"] == "3.1.3" and m["versions"]["java"].startswith("11.")
         assert m["versions"]["python"].startswith("3.9.") and m["versions"]["bigdl"] == "2.4.0"
         t = m["timings_s"]
@@ -93,6 +98,11 @@ def test_each_cell_left_its_drivers_stop_to_the_teardown_and_nothing_behind(stud
         text = path.read_text()
         assert "trainer result written: its driver stops with the cluster" in text, text[-3000:]
         assert "leftover process" not in text, text[-3000:]
+        # an in-driver cluster's teardown by tag finds at most the executor's Python daemon (in a
+        # process group of its own, so not ended with the driver's)
+        for found in re.findall(r"in-driver cluster's remaining process\(es\) by its tag: (\{.*\})", text):
+            names = ast.literal_eval(found).values()
+            assert names and all(name.endswith("-m pyspark.daemon") for name in names), found
 
 
 def test_tables_match_the_cells(study):
