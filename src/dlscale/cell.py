@@ -7,8 +7,9 @@ rule), inside the cell's Slurm allocation or on a laptop:
    (``dlscale.cpu_claims``: per-CPU lock files, so concurrent cells on one node never share a
    CPU), on each node it spans (``dlscale.allocation``);
 2. make a private scratch directory on node-local storage (``dlscale.scratch``);
-3. start a transient Spark standalone cluster (``dlscale.cluster``), ``spark-submit`` the
-   trainer (``dlscale.trainer``), stop the cluster, whatever happened;
+3. start a transient Spark standalone cluster (``dlscale.cluster``; on one node by default its
+   master and worker run inside the driver JVM), ``spark-submit`` the trainer
+   (``dlscale.trainer``), stop the cluster, whatever happened;
 4. write metrics.json atomically (temp file + rename), and only when everything succeeded.
 
 Stop signals and failures are handled as in every process of a cell (``dlscale.cell_process``).
