@@ -306,16 +306,14 @@ class StandaloneCluster:
                 proc.wait()
         self._procs.clear()
         self._remote_pids.clear()
-        if self.in_driver:
-            # The cell ended the driver's process group (its JVM, with the master, the worker and
-            # the executor it launched; dlscale.cell.run_trainer): what is left, by the tag, is
-            # the executor's Python daemon, which pyspark puts in a process group of its own.
-            names = {pid: command_name(pid) for pid in tagged_pids(self.tag)}
-            if kill_tagged(self.tag, grace_s):
-                log.info("stopped the in-driver cluster's remaining process(es) by its tag: %s", names)
-            return
+        # In-driver, the cell ended the driver's process group (its JVM, with the master, the
+        # worker and the executor it launched; dlscale.cell.run_trainer): what is left, by the
+        # tag, is the executor's Python daemon, which pyspark puts in a process group of its own.
+        names = {pid: command_name(pid) for pid in tagged_pids(self.tag)} if self.in_driver else {}
         leftovers = kill_tagged(self.tag, grace_s)
-        if leftovers:
+        if leftovers and self.in_driver:
+            log.info("stopped the in-driver cluster's remaining process(es) by its tag: %s", names)
+        elif leftovers:
             log.info("killed %d leftover process(es) of the cluster: %s", len(leftovers), leftovers)
 
     def __enter__(self) -> "StandaloneCluster":
