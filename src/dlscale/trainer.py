@@ -110,21 +110,36 @@ def load_samples(sc, data_dir: str, partitions: int):
     the i-th (the parts are class-balanced and shuffled, so every partition is too), and converts
     them vectorised. No Spark SQL: on a cold driver, planning a Parquet read cost 1.5-10 s, and
     its first conversion more than the arrays' whole load (README, Performance)."""
+    from pyspark.accumulators import AccumulatorParam
+
+    class Appended(AccumulatorParam):
+        """A list that tasks append to."""
+
+        def zero(self, value):
+            return []
+
+        def addInPlace(self, collected, more):
+            return collected + more
+
     tick = time.time()
     images_path, labels_path = (os.path.join(data_dir, name) for name in SUBSET_ARRAYS)
+    # each loader's (records, executor_view()), reported with its task's result
+    loaders = sc.accumulator([], Appended())
 
     def load_partition(index, _):
         import numpy as np
 
         images = np.load(images_path, mmap_mode="r")[index::partitions]
         labels = np.load(labels_path, mmap_mode="r")[index::partitions]
+        loaders.add([(len(labels), executor_view())])
         return to_samples(images, labels)
 
     samples = sc.parallelize(range(partitions), partitions).mapPartitionsWithIndex(load_partition).cache()
-    # Materialise the cache; each partition reports its records and where it was loaded.
-    loaded = samples.mapPartitions(lambda part: [(sum(1 for _ in part), executor_view())]).collect()
-    count = sum(records for records, _ in loaded)
-    views = {json.dumps(view, sort_keys=True) for _, view in loaded}
+    # Materialise the cache by counting its pickled batches in the JVM (pyspark's own count
+    # would have a second Python worker unpickle every record again, README step 15).
+    samples._jrdd.count()
+    count = sum(records for records, _ in loaders.value)
+    views = {json.dumps(view, sort_keys=True) for _, view in loaders.value}
     print("dlscale.trainer: %s: %d records in %d partitions, loaded in %.1f s"
           % (data_dir, count, samples.getNumPartitions(), time.time() - tick), file=sys.stderr, flush=True)
     return samples, count, [json.loads(view) for view in sorted(views)]
