@@ -289,11 +289,14 @@ def finish_timings(metrics: dict) -> dict:
 
 def threads_in_force(result: dict) -> Dict[str, object]:
     """The thread settings of a cell as its trainer found them (``result``): the executors'
-    OMP_NUM_THREADS, the SparkContext's cores, the JVMs' options, and BigDL's model replicas (its
-    MklBlas engine trains one single-threaded copy per core of each node)."""
+    OMP_NUM_THREADS and MKL_DEBUG_CPU_TYPE, the SparkContext's cores, the JVMs' options, and
+    BigDL's model replicas (its MklBlas engine trains one single-threaded copy per core of each
+    node)."""
     spark_conf, engine = result["spark_conf"], result["bigdl_engine"]
     return {
         "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
+        # "5": MKL's AVX2 kernels on an AMD CPU (dlscale.spark_node.mkl_cpu_setting); MKL's own choice if unset
+        "MKL_DEBUG_CPU_TYPE": sorted({view.get("MKL_DEBUG_CPU_TYPE") or "unset" for view in result["executors"]}),
         "spark.executor.cores": int(spark_conf["spark.executor.cores"]),
         "spark.cores.max": int(spark_conf["spark.cores.max"]),
         "bigdl_model_replicas": engine["nodes"] * engine["cores_per_node"],

@@ -39,8 +39,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
-from dlscale.spark_node import (ClusterError, SparkInstall, daemon_env, kill_tagged, spark_env, spawn_daemon,
-                                tagged_pids, worker_argv, write_private_files)
+from dlscale.spark_node import (MKL_CPU_VAR, ClusterError, SparkInstall, daemon_env, kill_tagged, spark_env,
+                                spawn_daemon, tagged_pids, worker_argv, write_private_files)
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,10 @@ class StandaloneCluster:
 
     # --- daemons ---------------------------------------------------------------------------
     def _spawn(self, name: str, command: List[str], remote: bool = False) -> subprocess.Popen:
-        proc = spawn_daemon(command, self.daemon_env(),
-                            os.path.join(self.scratch, "logs", name.replace(" ", "-") + ".log"))
+        env = self.daemon_env()
+        if remote and MKL_CPU_VAR not in os.environ:
+            env.pop(MKL_CPU_VAR, None)  # another node chooses its MKL kernels for its own CPU
+        proc = spawn_daemon(command, env, os.path.join(self.scratch, "logs", name.replace(" ", "-") + ".log"))
         self._procs.append(proc)
         self._names[proc.pid] = name
         if remote:

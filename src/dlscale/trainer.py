@@ -146,13 +146,15 @@ def load_samples(sc, data_dir: str, partitions: int):
 
 
 def executor_view() -> Dict[str, Any]:
-    """What the Python worker running this (on an executor) can use: host, CPUs, threads."""
+    """What the Python worker running this (on an executor) can use: host, CPUs, threads, and
+    which kernels MKL was told to take (it inherits its executor's environment)."""
     import socket
 
     return {
         "host": socket.gethostname(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),  # dlscale.spark_node.mkl_cpu_setting
     }
 
 

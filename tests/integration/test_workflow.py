@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from dlscale.phases import PHASES, unaccounted
+from dlscale.spark_node import MKL_CPU_VAR, mkl_cpu_setting, node_cpuinfo
 from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,8 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
         # timed cells ran one at a time (measurement.exclusive defaults to true)
         assert m["exclusive"] is True and m["overlapping_cells"] == []
         assert m["threads"]["OMP_NUM_THREADS"] == ["1"]
+        # MKL's AVX2 kernels on this project's AMD machines (README, step 16), its own choice elsewhere
+        assert m["threads"][MKL_CPU_VAR] == [mkl_cpu_setting(node_cpuinfo(), {}).get(MKL_CPU_VAR, "unset")]
         # the default single-node layout: master and worker in the driver JVM (spark.single_node_cluster),
         # and BigDL's engine ran one model copy per core of it all the same
         assert m["spark_conf"]["spark.master"] == "local-cluster[1,%d,4096]" % m["cores"], m["spark_conf"]

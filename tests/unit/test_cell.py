@@ -37,16 +37,18 @@ def test_failed_metrics_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 
 
 def test_threads_are_what_the_trainer_found_not_what_the_cell_asked():
-    """A two-node cell of 4 cores: one executor of 2 cores per node, 4 model replicas in all."""
+    """A two-node cell of 4 cores: one executor of 2 cores per node, 4 model replicas in all; MKL
+    told to take its AVX2 kernels on one node only (an AMD and an Intel node)."""
     result = {
-        "executors": [{"host": "n1", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1"},
-                      {"host": "n2", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1"}],
+        "executors": [{"host": "n1", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"},
+                      {"host": "n2", "cpus_allowed": [0, 1], "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": None}],
         "spark_conf": {"spark.executor.cores": "2", "spark.cores.max": "4"},
         "jvm_options": {"spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"},
         "bigdl_engine": {"nodes": 2, "cores_per_node": 2},
     }
     assert cell.threads_in_force(result) == {
-        "OMP_NUM_THREADS": ["1"], "spark.executor.cores": 2, "spark.cores.max": 4, "bigdl_model_replicas": 4,
+        "OMP_NUM_THREADS": ["1"], "MKL_DEBUG_CPU_TYPE": ["5", "unset"],
+        "spark.executor.cores": 2, "spark.cores.max": 4, "bigdl_model_replicas": 4,
         "spark.driver.extraJavaOptions": "-Xdriver", "spark.executor.extraJavaOptions": "-Xexec"}
 
 
