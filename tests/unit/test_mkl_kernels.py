@@ -1,0 +1,84 @@
+"""MKL, as BigDL carries it, takes its AVX2 kernels in a cell's environment.
+
+BigDL's native jar (bigdl-core's ``all-*.jar``) bundles MKL 2019.0 Update 1 as ``libjmkl.so``,
+which runs its generic kernels on a CPU not made by Intel unless MKL_DEBUG_CPU_TYPE=5
+(``dlscale.spark_node.mkl_cpu_setting``; README "What was tuned", step 16). The last test loads
+that very library, without a JVM, and asks it which kernels it dispatches to
+(``mkl_serv_cpu_detect``: 0 the generic ones, 5 AVX2).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from dlscale_testing import TRAINER_PYTHON
+
+from dlscale.spark_node import MKL_CPU_VAR, MKL_SWITCH_VAR, SparkInstall, mkl_cpu_setting, node_cpuinfo, spark_env
+
+AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 avx512f\n"
+INTEL = AMD.replace("AuthenticAMD", "GenuineIntel").replace("AMD EPYC", "Intel(R) Xeon(R)")
+OLD_AMD = AMD.replace(" fma avx2 avx512f", "")  # e.g. an Opteron of 2011: no AVX2 kernels to take
+INSTALL = SparkInstall(spark_home="/spark", java_home="/java", python="/env/bin/python", bigdl_jars=["a.jar"])
+
+
+@pytest.mark.parametrize("cpuinfo, environ, expected", [
+    (AMD, {}, {MKL_CPU_VAR: "5"}),
+    (AMD + "\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu\n", {}, {MKL_CPU_VAR: "5"}),  # the first CPU's
+    (INTEL, {}, {}),  # MKL picks its kernels itself on Intel's CPUs
+    (OLD_AMD, {}, {}),
+    ("", {}, {}),  # no /proc/cpuinfo
+    (AMD, {MKL_CPU_VAR: "4"}, {}),  # the user's own choice stays
+    (AMD, {MKL_SWITCH_VAR: "0"}, {}),  # off, for measurements
+    (AMD, {MKL_SWITCH_VAR: "1"}, {MKL_CPU_VAR: "5"}),
+])
+def test_mkl_is_told_to_take_avx2_kernels_on_amd_cpus_only(cpuinfo, environ, expected):
+    assert mkl_cpu_setting(cpuinfo, environ) == expected
+
+
+def test_every_spark_process_of_the_node_gets_the_setting_unless_the_user_chose(tmp_path, monkeypatch):
+    monkeypatch.delenv(MKL_CPU_VAR, raising=False)
+    monkeypatch.delenv(MKL_SWITCH_VAR, raising=False)
+    chosen = mkl_cpu_setting(node_cpuinfo(), {})
+    assert spark_env(INSTALL, str(tmp_path), "127.0.0.1", "t").get(MKL_CPU_VAR) == chosen.get(MKL_CPU_VAR)
+    monkeypatch.setenv(MKL_SWITCH_VAR, "0")
+    assert MKL_CPU_VAR not in spark_env(INSTALL, str(tmp_path), "127.0.0.1", "t")
+    monkeypatch.setenv(MKL_CPU_VAR, "4")
+    assert spark_env(INSTALL, str(tmp_path), "127.0.0.1", "t")[MKL_CPU_VAR] == "4"
+
+
+DETECT = """
+import ctypes, sys
+ctypes.CDLL(sys.argv[1] + "/libiomp5.so", mode=ctypes.RTLD_GLOBAL)  # libjmkl.so needs it
+print(ctypes.CDLL(sys.argv[1] + "/libjmkl.so").mkl_serv_cpu_detect())
+"""
+
+
+def test_bigdls_mkl_dispatches_to_avx2_kernels_with_the_cells_environment(tmp_path, monkeypatch):
+    """On this project's AMD machines MKL alone takes its generic kernels (the control) and, in
+    the environment a cell gives its Spark processes, its AVX2 ones; elsewhere nothing changes."""
+    site = subprocess.run([str(TRAINER_PYTHON), "-c", "import bigdl, os; print(os.path.dirname(bigdl.__file__))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    [jar] = glob.glob(os.path.join(site, "share", "core", "lib", "all-*.jar"))
+    with zipfile.ZipFile(jar) as archive:
+        archive.extract("libjmkl.so", tmp_path)
+        archive.extract("libiomp5.so", tmp_path)
+    monkeypatch.delenv(MKL_CPU_VAR, raising=False)
+    monkeypatch.delenv(MKL_SWITCH_VAR, raising=False)
+
+    def kernels(env):
+        return int(subprocess.run([sys.executable, "-c", DETECT, str(tmp_path)], env=env, check=True,
+                                  capture_output=True, text=True).stdout)
+
+    cells = spark_env(INSTALL, str(tmp_path), "127.0.0.1", "t")
+    alone = {key: value for key, value in cells.items() if key != MKL_CPU_VAR}
+    cpuinfo = node_cpuinfo()
+    if re.search(r"^vendor_id\s*: AuthenticAMD$", cpuinfo, re.M) and re.search(r"^flags\s*:.* avx2 ", cpuinfo, re.M):
+        assert (kernels(alone), kernels(cells)) == (0, 5)
+    else:
+        assert kernels(cells) == kernels(alone)
