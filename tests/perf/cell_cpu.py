@@ -9,9 +9,11 @@ Needs the trainer environment and the prepared subsets under resources/<dataset>
 seconds (master, worker, spark-submit's launcher, the driver JVM, the trainer's Python, the
 executor JVM, the executor's Python workers, the cell itself) and the cell's phases from its
 metrics.json; ``--idle`` adds the half-seconds in which the cell left its CPUs idle, by phase,
-``--threads`` the JVMs' CPU by thread (JIT compiler, GC, the VM thread, the application's own
-threads: digits in thread names folded, "C1 CompilerThre" is HotSpot's 15-character name). README "What was tuned" quotes one run. Not a test: speed is measured here and in
-`make bench`, never asserted. A process that lives less than 0.1 s may be missed.
+``--phases`` each kind's CPU seconds in each phase, ``--threads`` the JVMs' CPU by thread (JIT
+compiler, GC, the VM thread, the application's own threads: digits in thread names folded, "C1
+CompilerThre" is HotSpot's 15-character name). README "What was tuned" quotes one run. Not a
+test: speed is measured here and in `make bench`, never asserted. A process that lives less
+than 0.1 s may be missed.
 """
 
 from __future__ import annotations
@@ -90,9 +92,8 @@ def thread_times(pid: int) -> Dict[str, tuple]:
     return times
 
 
-def print_idle(timeline: List[tuple], timings: Dict[str, float], cores: int) -> None:
-    """The half-seconds in which the cell's processes used under 80 % of its cores, each with the
-    phase it fell in (the phases laid end to end from the cell's start, dlscale.phases order)."""
+def phase_ends(timings: Dict[str, float]) -> List[tuple]:
+    """(end, phase) of each phase, laid end to end from the cell's start in dlscale.phases order."""
     sys.path.insert(0, str(REPO / "src"))
     from dlscale.phases import PHASES
 
@@ -100,6 +101,33 @@ def print_idle(timeline: List[tuple], timings: Dict[str, float], cores: int) -> 
     for phase in PHASES:
         clock += timings.get(phase, 0.0)
         ends.append((clock, phase))
+    return ends
+
+
+def print_phases(by_kind_timeline: List[tuple], timings: Dict[str, float], kinds: List[str]) -> None:
+    """The CPU seconds of each kind of process in each phase (sampled every 0.1 s: a phase's
+    share is what its kinds used between the samples nearest its start and end)."""
+    def sampled(moment: float) -> Dict[str, float]:
+        last: Dict[str, float] = {}
+        for when, sums in by_kind_timeline:
+            if when > moment:
+                break
+            last = sums
+        return last
+
+    print("\n| phase | wall s | %s |\n|---|---:|%s" % (" | ".join(kinds), "---:|" * len(kinds)))
+    start, before = 0.0, {}
+    for end, phase in phase_ends(timings):
+        now = sampled(end)
+        print("| %s | %.2f | %s |" % (phase, end - start,
+                                     " | ".join("%.2f" % (now.get(kind, 0.0) - before.get(kind, 0.0)) for kind in kinds)))
+        start, before = end, now
+
+
+def print_idle(timeline: List[tuple], timings: Dict[str, float], cores: int) -> None:
+    """The half-seconds in which the cell's processes used under 80 % of its cores, each with the
+    phase it fell in (the phases laid end to end from the cell's start, dlscale.phases order)."""
+    ends = phase_ends(timings)
     print("\n| from s | to s | CPU used | phase |\n|---:|---:|---:|---|")
     idle = 0.0
     for start in [t / 2 for t in range(int(timeline[-1][0] * 2))]:
@@ -121,6 +149,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--src", default=str(REPO / "src"), help="the dlscale package's folder to run")
     parser.add_argument("--threads", action="store_true", help="also each JVM's CPU by thread name")
+    parser.add_argument("--phases", action="store_true", help="also each kind of process's CPU in each phase")
     parser.add_argument("--idle", action="store_true",
                         help="also the half-seconds in which the cell's processes used under 80 %% of its cores")
     args = parser.parse_args()
@@ -136,6 +165,7 @@ def main() -> int:
         threads: Dict[int, Dict[str, tuple]] = {}  # pid -> tid -> (name, CPU seconds so far), --threads
         started, started_epoch = time.monotonic(), time.time()
         timeline: List[tuple] = []  # (seconds since the cell's start, CPU seconds of its processes so far)
+        by_kind_timeline: List[tuple] = []  # (seconds since the cell's start, kind -> CPU seconds so far), --phases
         while cell.poll() is None:
             for pid in descendants(cell.pid):
                 try:
@@ -150,6 +180,11 @@ def main() -> int:
                 if args.threads and ("JVM" in kind or kind in ("master", "worker")):
                     threads.setdefault(pid, {}).update(thread_times(pid))  # keeps threads that ended
             timeline.append((time.monotonic() - started, sum(seconds for _, seconds in cpu.values())))
+            if args.phases:
+                sums: Dict[str, float] = {}
+                for kind, seconds in cpu.values():
+                    sums[kind] = sums.get(kind, 0.0) + seconds
+                by_kind_timeline.append((timeline[-1][0], sums))
             time.sleep(0.1)
     if cell.returncode != 0:
         print("the cell failed (exit %d); its log: %s" % (cell.returncode, out / "cell.log"), file=sys.stderr)
@@ -165,6 +200,8 @@ def main() -> int:
           % (sum(by_kind.values()), timings["total"], timings["train"], timings["total"] - timings["train"],
              out / "cell.log"))
     print(json.dumps({phase: round(seconds, 2) for phase, seconds in timings.items()}))
+    if args.phases:
+        print_phases(by_kind_timeline, timings, sorted(by_kind, key=lambda kind: -by_kind[kind]))
     if args.idle:
         print_idle(timeline, timings, args.cores)
         print("(the cell started at %.3f s on the epoch clock)" % started_epoch)
