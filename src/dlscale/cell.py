@@ -38,8 +38,8 @@ from dlscale.neighbours import Neighbours
 from dlscale.paths import SUBSET_ARRAYS
 from dlscale.phases import process_started_at, unaccounted
 from dlscale.scratch import private_scratch
-from dlscale.spark_node import (BIGDL_JVM_OPTS, ClusterError, SparkInstall, die_with_parent, node_address,
-                                 show_log_tails)
+from dlscale.spark_node import (BIGDL_JVM_OPTS, MKL_CPU_VAR, ClusterError, SparkInstall, die_with_parent,
+                                 node_address, show_log_tails)
 
 log = logging.getLogger("dlscale.cell")
 
@@ -296,7 +296,7 @@ def threads_in_force(result: dict) -> Dict[str, object]:
     return {
         "OMP_NUM_THREADS": sorted({str(view["OMP_NUM_THREADS"]) for view in result["executors"]}),
         # "5": MKL's AVX2 kernels on an AMD CPU (dlscale.spark_node.mkl_cpu_setting); MKL's own choice if unset
-        "MKL_DEBUG_CPU_TYPE": sorted({view.get("MKL_DEBUG_CPU_TYPE") or "unset" for view in result["executors"]}),
+        MKL_CPU_VAR: sorted({view.get(MKL_CPU_VAR) or "unset" for view in result["executors"]}),
         "spark.executor.cores": int(spark_conf["spark.executor.cores"]),
         "spark.cores.max": int(spark_conf["spark.cores.max"]),
         "bigdl_model_replicas": engine["nodes"] * engine["cores_per_node"],
