@@ -268,6 +268,7 @@ def run_cell(args: argparse.Namespace, process_start: Optional[float] = None) ->
         exclusive=not overlapping,
         overlapping_cells=overlapping,
         threads=threads_in_force(result),
+        mkl_library=result["mkl_library"],
         timings_s=timings,
         host_load=host_load,
     )

@@ -269,6 +269,9 @@ class StandaloneCluster:
             if cds.opts(kind):
                 key = "spark.%s.extraJavaOptions" % kind
                 props[key] = (props.get(key, "") + " " + cds.opts(kind)).strip()
+            if cds.library_path:  # BigDL's MKL, extracted once instead of at every JVM's start
+                key = "spark.%s.extraLibraryPath" % kind
+                props[key] = ":".join([cds.library_path] + ([props[key]] if props.get(key) else []))
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             for key, value in sorted(props.items()):

@@ -16,6 +16,13 @@ executor through ``spark.{driver,executor}.extraClassPath``: both go before the 
 conf folder, which differs per cell. A stamp records what the archives were built from (Java,
 each jar's path, size and mtime); when it is missing or differs, ``settings`` warns (with the fix)
 and the JVMs start without an archive, as before.
+
+The same build extracts BigDL's MKL libraries (``libiomp5.so``, ``libjmkl.so``, 36 MB, from its
+native jar) into ``native/``: BigDL's MKL loader takes them from ``java.library.path`` when it
+finds them there, and otherwise inflates them from the jar into a temporary folder at every JVM's
+start (the driver's and each executor's). Spark puts the folder on the driver's and executors'
+library path (``spark.{driver,executor}.extraLibraryPath``, dlscale.cluster); the stamp covers
+the jar they come from.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional
 
@@ -42,6 +50,9 @@ KINDS = {"launcher": "spark", "master": "spark", "worker": "spark", "driver": "a
 # The class lists each archive is dumped from: the app archive's also has the master's and the
 # worker's, which run inside the driver JVM of an in-driver cluster (dlscale.cluster).
 LISTS = {"spark": ["launcher", "master", "worker"], "app": ["driver", "executor", "master", "worker"]}
+# BigDL's MKL, as its loader (com.intel.analytics.bigdl.mkl.MKL) looks for it on java.library.path
+NATIVE = "native"
+MKL_LIBRARIES = ("libiomp5.so", "libjmkl.so")
 
 
 def archive_dir(install: SparkInstall) -> str:
@@ -82,6 +93,7 @@ class CdsSettings:
 
     options: Dict[str, str] = field(default_factory=dict)  # kind -> java options
     classpath: Dict[str, str] = field(default_factory=dict)  # kind -> classpath prefix
+    library_path: str = ""  # BigDL's MKL libraries, extracted once, for the driver and executors
     problem: str = ""  # why there is no archive, when there is none
 
     def opts(self, kind: str) -> str:
@@ -109,6 +121,8 @@ def settings(install: SparkInstall) -> CdsSettings:
             problem = "the trainer environment changed since the archives were built"
         elif not all(os.path.exists(os.path.join(folder, name + ".jsa")) for name in ARCHIVES):
             problem = "an archive is missing"
+        elif not all(os.path.exists(os.path.join(folder, NATIVE, name)) for name in MKL_LIBRARIES):
+            problem = "BigDL's extracted MKL libraries are missing"
     except (OSError, ValueError) as error:
         problem = "no archive (%s)" % (getattr(error, "strerror", None) or error)
     if problem:
@@ -122,6 +136,7 @@ def settings(install: SparkInstall) -> CdsSettings:
         options={kind: "-XX:SharedArchiveFile=%s -Xshare:auto" % os.path.join(folder, archive + ".jsa")
                  for kind, archive in KINDS.items()},
         classpath={kind: paths[archive] for kind, archive in KINDS.items() if kind != "launcher"},
+        library_path=os.path.join(folder, NATIVE),
     )
 
 
@@ -145,9 +160,21 @@ def _merge_lists(lists: str, kinds: List[str], out: str) -> None:
                     handle.write(line)
 
 
+def extract_mkl(install: SparkInstall, into: str) -> None:
+    """BigDL's MKL libraries, byte for byte as its native jar carries them, into ``into``."""
+    for jar in install.bigdl_jars:
+        with zipfile.ZipFile(jar) as archive:
+            if all(name in archive.namelist() for name in MKL_LIBRARIES):
+                for name in MKL_LIBRARIES:
+                    archive.extract(name, into)
+                return
+    raise RuntimeError("no BigDL jar carries %s (%s)" % (" and ".join(MKL_LIBRARIES), ", ".join(install.bigdl_jars)))
+
+
 def build(install: SparkInstall) -> str:
     """Run a warm-up cell (a few hundred synthetic records through the trainer) with class lists
-    on, then dump both archives; replace the old ones only when both are built."""
+    on, then dump both archives and extract BigDL's MKL libraries; replace the old ones only when
+    all are built."""
     from dlscale.cds_warmup import warmup_cell
 
     folder = archive_dir(install)
@@ -167,6 +194,7 @@ def build(install: SparkInstall) -> str:
                                    "-cp", ":".join(jars)], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError("java -Xshare:dump of %s failed: %s" % (name, done.stdout[-2000:] + done.stderr[-2000:]))
+        extract_mkl(install, os.path.join(staging, NATIVE))
         with open(os.path.join(staging, STAMP), "w") as handle:
             json.dump(fingerprint(install), handle, indent=1)
         shutil.rmtree(folder, ignore_errors=True)

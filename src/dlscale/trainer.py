@@ -17,7 +17,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from dlscale.paths import SUBSET_ARRAYS
 
@@ -155,7 +155,24 @@ def executor_view() -> Dict[str, Any]:
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),  # dlscale.spark_node.mkl_cpu_setting
+        # the executor JVM's library path first: BigDL's MKL extracted once (dlscale.jvm_cds)
+        "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH"),
     }
+
+
+def driver_mkl_library() -> Optional[str]:
+    """The libjmkl.so that the driver JVM (this process's parent: spark-submit's PythonRunner
+    starts the trainer) mapped: from the library path, or a temporary copy that BigDL's loader
+    inflated from its jar and deleted once loaded ("... (deleted)")."""
+    try:
+        with open("/proc/%d/maps" % os.getppid()) as handle:
+            for line in handle:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and "/libjmkl.so" in fields[5]:
+                    return fields[5].strip()
+    except OSError:
+        pass
+    return None
 
 
 def jvm_options_in_force(sc, conf) -> Dict[str, str]:
@@ -262,6 +279,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         },
         "jvm_options": jvm_options_in_force(sc, conf),
         "bigdl_engine": {"nodes": int(engine_nodes), "cores_per_node": int(engine_cores)},
+        "mkl_library": driver_mkl_library(),
         "versions": {
             "python": platform.python_version(),
             "java": sc._jvm.System.getProperty("java.version"),

@@ -17,7 +17,7 @@ import yaml
 
 from dlscale.phases import PHASES, unaccounted
 from dlscale.spark_node import MKL_CPU_VAR, mkl_cpu_setting, node_cpuinfo
-from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO
+from dlscale_testing import DRIVER_BIN, FASHION_MNIST, REPO, TRAINER_PYTHON
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,10 @@ def test_every_cell_ran_confined_with_its_phase_timings(study):
         assert m["threads"]["OMP_NUM_THREADS"] == ["1"]
         # MKL's AVX2 kernels on this project's AMD machines (README, step 16), its own choice elsewhere
         assert m["threads"][MKL_CPU_VAR] == [mkl_cpu_setting(node_cpuinfo(), {}).get(MKL_CPU_VAR, "unset")]
+        # BigDL's MKL from the folder `make envs` extracted it to, not inflated from its jar (step 18)
+        native = str(TRAINER_PYTHON.parent.parent / "dlscale-cds" / "native")
+        assert m["mkl_library"] == native + "/libjmkl.so"
+        assert all(view["LD_LIBRARY_PATH"].split(":")[0] == native for view in m["executors"]), m["executors"]
         # the default single-node layout: master and worker in the driver JVM (spark.single_node_cluster),
         # and BigDL's engine ran one model copy per core of it all the same
         assert m["spark_conf"]["spark.master"] == "local-cluster[1,%d,4096]" % m["cores"], m["spark_conf"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from dlscale.spark_node import MKL_CPU_VAR, mkl_cpu_setting, node_cpuinfo
+from dlscale_testing import TRAINER_PYTHON
 from slurm_helpers import (POLL_CAP, REPO, SNAKEMAKE, multi_env, multi_node_names, node_address, node_tmpdir,
                            processes_on_node, run, sacct_rows, study_config)
 
@@ -123,6 +124,9 @@ def test_a_two_core_cell_spans_both_nodes_and_trains(spanning_study):
     assert len({e["cpus_allowed"][0] for e in executors}) == 2, executors
     # each node chose MKL's kernels for its own CPU (the first node's choice does not travel with srun)
     assert [e[MKL_CPU_VAR] for e in executors] == [mkl_cpu_setting(node_cpuinfo(), {}).get(MKL_CPU_VAR)] * 2, executors
+    # both executors' library paths start with BigDL's MKL as `make envs` extracted it (README, step 18)
+    native = str(TRAINER_PYTHON.parent.parent / "dlscale-cds" / "native")
+    assert [e["LD_LIBRARY_PATH"].split(":")[0] for e in executors] == [native] * 2, executors
     # the values the driver's SparkContext had
     assert metrics["spark_conf"]["spark.executor.cores"] == "1"
     assert metrics["spark_conf"]["spark.cores.max"] == "2"

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from dlscale.cluster import StandaloneCluster, memory_mb
-from test_jvm_cds import fake_install
+from test_jvm_cds import built, fake_install
 
 
 @pytest.mark.parametrize("memory, mb", [("4g", 4096), ("1G", 1024), ("512m", 512), ("700M", 700)])
@@ -51,3 +51,17 @@ def test_an_in_driver_cluster_has_one_node(tmp_path):
                                 remote_nodes=["n2"])
     with pytest.raises(ValueError, match="one node"):
         cluster.start()
+
+
+def test_the_driver_and_executors_get_bigdls_extracted_mkl_first_on_their_library_path(tmp_path):
+    """Only with the archives built (dlscale.jvm_cds), and a library path of the user's own stays."""
+    install = fake_install(tmp_path)
+    cluster = StandaloneCluster(install, str(tmp_path), cores_per_worker=1, in_driver=True)
+    cluster.start()
+    assert "extraLibraryPath" not in open(cluster.driver_properties({})).read()  # nothing built yet
+    built(install)
+    install.cds = None  # looked up again
+    native = os.path.join(os.path.dirname(os.path.dirname(install.python)), "dlscale-cds", "native")
+    props = open(cluster.driver_properties({"spark.executor.extraLibraryPath": "/opt/mine"})).read()
+    assert "spark.driver.extraLibraryPath %s\n" % native in props
+    assert "spark.executor.extraLibraryPath %s:/opt/mine\n" % native in props

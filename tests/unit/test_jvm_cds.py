@@ -34,6 +34,9 @@ def built(install: SparkInstall) -> None:
     os.makedirs(folder)
     for name in jvm_cds.ARCHIVES:
         open(os.path.join(folder, name + ".jsa"), "w").close()
+    os.makedirs(os.path.join(folder, jvm_cds.NATIVE))
+    for name in jvm_cds.MKL_LIBRARIES:
+        open(os.path.join(folder, jvm_cds.NATIVE, name), "w").close()
     with open(os.path.join(folder, jvm_cds.STAMP), "w") as handle:
         json.dump(jvm_cds.fingerprint(install), handle)
 
@@ -60,6 +63,15 @@ def test_archives_of_this_environment_are_used_by_every_jvm(tmp_path):
     assert cds.prefix("master") == cds.prefix("worker") == ":".join(spark)
     assert cds.prefix("driver") == cds.prefix("executor") == ":".join(install.bigdl_jars + spark)
     assert cds.prefix("launcher") == ""  # its classpath is spark-class's jars/*, in the same order
+    assert cds.library_path == os.path.join(jvm_cds.archive_dir(install), "native")  # BigDL's MKL
+
+
+def test_archives_without_the_extracted_mkl_libraries_are_rebuilt(tmp_path):
+    install = fake_install(tmp_path)
+    built(install)
+    os.remove(os.path.join(jvm_cds.archive_dir(install), jvm_cds.NATIVE, "libjmkl.so"))
+    cds = jvm_cds.settings(install)
+    assert "MKL libraries are missing" in cds.problem and cds.library_path == "" and cds.opts("driver") == ""
 
 
 def test_a_changed_jar_makes_the_archives_stale(tmp_path):

@@ -4,7 +4,9 @@ BigDL's native jar (bigdl-core's ``all-*.jar``) bundles MKL 2019.0 Update 1 as `
 which runs its generic kernels on a CPU not made by Intel unless MKL_DEBUG_CPU_TYPE=5
 (``dlscale.spark_node.mkl_cpu_setting``; README "What was tuned", step 16). The last test loads
 that very library, without a JVM, and asks it which kernels it dispatches to
-(``mkl_serv_cpu_detect``: 0 the generic ones, 5 AVX2).
+(``mkl_serv_cpu_detect``: 0 the generic ones, 5 AVX2). The others check that BigDL's MKL loader
+takes the libraries that ``make envs`` extracted once (dlscale.jvm_cds) from the library path a
+cell gives its driver and executors, instead of inflating them from the jar at each JVM's start.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import sys
 import zipfile
 
 import pytest
-from dlscale_testing import TRAINER_PYTHON
+from dlscale_testing import REPO, TRAINER_PYTHON
 
+from dlscale import jvm_cds
 from dlscale.spark_node import MKL_CPU_VAR, MKL_SWITCH_VAR, SparkInstall, mkl_cpu_setting, node_cpuinfo, spark_env
 
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 avx512f\n"
@@ -82,3 +85,61 @@ def test_bigdls_mkl_dispatches_to_avx2_kernels_with_the_cells_environment(tmp_pa
         assert (kernels(alone), kernels(cells)) == (0, 5)
     else:
         assert kernels(cells) == kernels(alone)
+
+
+# A driver as a cell's trainer is one (spark-submit's PythonRunner starts it), which makes BigDL load
+# MKL in its JVM and prints the libjmkl.so that JVM mapped.
+LOAD_MKL = """
+from pyspark import SparkConf, SparkContext
+from dlscale.trainer import driver_mkl_library
+sc = SparkContext(conf=SparkConf().setMaster("local[1]").setAppName("mkl-library"))
+assert sc._jvm.com.intel.analytics.bigdl.mkl.MKL.isMKLLoaded()
+print("mapped:", driver_mkl_library())
+sc.stop()
+"""
+
+
+@pytest.fixture(scope="module")
+def trainer_install():
+    return SparkInstall.discover(str(TRAINER_PYTHON))
+
+
+def test_mkl_libraries_are_extracted_byte_for_byte_from_bigdls_jar(trainer_install, tmp_path):
+    jvm_cds.extract_mkl(trainer_install, str(tmp_path))
+    [jar] = [jar for jar in trainer_install.bigdl_jars if "libjmkl.so" in zipfile.ZipFile(jar).namelist()]
+    with zipfile.ZipFile(jar) as archive:
+        for name in jvm_cds.MKL_LIBRARIES:
+            assert (tmp_path / name).read_bytes() == archive.read(name)
+
+
+def test_an_install_without_mkl_in_its_jars_is_an_error(tmp_path):
+    jar = tmp_path / "bigdl.jar"
+    with zipfile.ZipFile(jar, "w") as archive:
+        archive.writestr("libiomp5.so", b"")  # one of the two only
+    install = SparkInstall(spark_home="/spark", java_home="/java", python="/env/bin/python", bigdl_jars=[str(jar)])
+    with pytest.raises(RuntimeError, match="no BigDL jar carries libiomp5.so and libjmkl.so"):
+        jvm_cds.extract_mkl(install, str(tmp_path / "out"))
+
+
+def test_the_driver_jvm_loads_mkl_from_the_extracted_folder_on_its_library_path(trainer_install, tmp_path):
+    """The control first: without the library path BigDL's loader inflates a temporary copy (and
+    deletes it once loaded); with the folder on it (spark.driver.extraLibraryPath, as a cell's
+    driver properties set it) the JVM maps the folder's own file."""
+    native = tmp_path / "native"
+    jvm_cds.extract_mkl(trainer_install, str(native))
+    (tmp_path / "load_mkl.py").write_text(LOAD_MKL)
+    env = spark_env(trainer_install, str(tmp_path), "127.0.0.1", "test-mkl-library")
+    env["PYSPARK_DRIVER_PYTHON"] = trainer_install.python
+    env["PYTHONPATH"] = str(REPO / "src")  # dlscale.trainer
+
+    def mapped(*conf):
+        command = [trainer_install.spark_submit, "--driver-class-path", ":".join(trainer_install.bigdl_jars),
+                   *conf, str(tmp_path / "load_mkl.py")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        [line] = [line for line in done.stdout.splitlines() if line.startswith("mapped: ")]  # Spark logs there too
+        return line[len("mapped: "):]
+
+    inflated = mapped()
+    assert "/mkl.native" in inflated and inflated.endswith("/libjmkl.so (deleted)")
+    assert mapped("--conf", "spark.driver.extraLibraryPath=%s" % native) == str(native / "libjmkl.so")
