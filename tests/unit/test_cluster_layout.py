@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from dlscale import jvm_cds
 from dlscale.cluster import StandaloneCluster, memory_mb
 from test_jvm_cds import built, fake_install
 
@@ -61,7 +62,7 @@ def test_the_driver_and_executors_get_bigdls_extracted_mkl_first_on_their_librar
     assert "extraLibraryPath" not in open(cluster.driver_properties({})).read()  # nothing built yet
     built(install)
     install.cds = None  # looked up again
-    native = os.path.join(os.path.dirname(os.path.dirname(install.python)), "dlscale-cds", "native")
+    native = os.path.join(jvm_cds.archive_dir(install), jvm_cds.NATIVE)
     props = open(cluster.driver_properties({"spark.executor.extraLibraryPath": "/opt/mine"})).read()
     assert "spark.driver.extraLibraryPath %s\n" % native in props
     assert "spark.executor.extraLibraryPath %s:/opt/mine\n" % native in props

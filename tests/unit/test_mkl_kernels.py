@@ -11,8 +11,6 @@ cell gives its driver and executors, instead of inflating them from the jar at e
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 import subprocess
 import sys
@@ -62,15 +60,15 @@ print(ctypes.CDLL(sys.argv[1] + "/libjmkl.so").mkl_serv_cpu_detect())
 """
 
 
-def test_bigdls_mkl_dispatches_to_avx2_kernels_with_the_cells_environment(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def trainer_install():
+    return SparkInstall.discover(str(TRAINER_PYTHON))
+
+
+def test_bigdls_mkl_dispatches_to_avx2_kernels_with_the_cells_environment(trainer_install, tmp_path, monkeypatch):
     """On this project's AMD machines MKL alone takes its generic kernels (the control) and, in
     the environment a cell gives its Spark processes, its AVX2 ones; elsewhere nothing changes."""
-    site = subprocess.run([str(TRAINER_PYTHON), "-c", "import bigdl, os; print(os.path.dirname(bigdl.__file__))"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    [jar] = glob.glob(os.path.join(site, "share", "core", "lib", "all-*.jar"))
-    with zipfile.ZipFile(jar) as archive:
-        archive.extract("libjmkl.so", tmp_path)
-        archive.extract("libiomp5.so", tmp_path)
+    jvm_cds.extract_mkl(trainer_install, str(tmp_path))  # libjmkl.so and libiomp5.so from BigDL's jar
     monkeypatch.delenv(MKL_CPU_VAR, raising=False)
     monkeypatch.delenv(MKL_SWITCH_VAR, raising=False)
 
@@ -97,11 +95,6 @@ assert sc._jvm.com.intel.analytics.bigdl.mkl.MKL.isMKLLoaded()
 print("mapped:", driver_mkl_library())
 sc.stop()
 """
-
-
-@pytest.fixture(scope="module")
-def trainer_install():
-    return SparkInstall.discover(str(TRAINER_PYTHON))
 
 
 def test_mkl_libraries_are_extracted_byte_for_byte_from_bigdls_jar(trainer_install, tmp_path):
