@@ -14,11 +14,22 @@ THIS = socket.gethostname().split(".")[0]
 
 
 @pytest.fixture(autouse=True)
-def slurm_job(monkeypatch):
-    """A two-node allocation with this host first, as Slurm's batch step sees it."""
+def slurm_job(monkeypatch, tmp_path):
+    """A two-node allocation with this host first, as Slurm's batch step sees it, with a Slurm
+    config of its own: `scontrol show hostnames` needs one to run at all, and a batch step always
+    has its cluster's (no test cluster need be up, nor /etc/slurm/slurm.conf linked to one). Its
+    controller is a port bound here but not listening, so that a question to it (``scontrol show
+    job``) is refused at once, whichever test cluster runs."""
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     monkeypatch.setenv("SLURM_JOB_NODELIST", f"{THIS},other-node")
+    with socket.socket() as no_controller:
+        no_controller.bind(("127.0.0.1", 0))
+        conf = tmp_path / "slurm.conf"
+        conf.write_text("ClusterName=dlscale-unit\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=%d\n"
+                        "MessageTimeout=1\n" % no_controller.getsockname()[1])
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +76,9 @@ def test_a_node_list_that_cannot_be_read_is_one_clear_error(monkeypatch, nodelis
 
 
 def test_without_the_node_list_in_its_environment_the_cell_asks_the_controller(monkeypatch):
-    # The jobstep plugin strips SLURM_JOB_NODELIST/NUM_NODES; a job id the controller does not
-    # know gives the clear error (a real job's list is read in tests/slurm/test_multinode_cells.py).
+    # The jobstep plugin strips SLURM_JOB_NODELIST/NUM_NODES; a controller that cannot answer for
+    # the job (here: refused, slurm_job's) gives the clear error (a real job's list is read from a
+    # real controller in tests/slurm/test_multinode_cells.py).
     monkeypatch.delenv("SLURM_JOB_NODELIST")
     monkeypatch.delenv("SLURM_JOB_NUM_NODES")
     monkeypatch.setenv("SLURM_JOB_ID", "999999999")
