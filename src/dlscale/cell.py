@@ -43,6 +43,8 @@ from dlscale.spark_node import (BIGDL_JVM_OPTS, MKL_CPU_VAR, ClusterError, Spark
 
 log = logging.getLogger("dlscale.cell")
 
+EXECUTOR_MEMORY = DRIVER_MEMORY = "2g"  # a cell's defaults (--executor-memory, --driver-memory)
+
 SCHEMA_VERSION = 1
 # How long a failed trainer waits to learn that a remote worker died: its node's
 # dlscale.node_worker stops the node's executors, prints their logs and exits, then srun ends.
@@ -92,6 +94,20 @@ def jvm_options(cores: int) -> Dict[str, str]:
             "spark.executor.extraJavaOptions": "%s %s" % (executor, BIGDL_JVM_OPTS)}
 
 
+def submit_conf(cores_per_worker: int, cores: int, executor_memory: str, driver_memory: str,
+                scratch: str) -> Dict[str, str]:
+    """The Spark properties a cell's driver is submitted with, on top of its cluster's."""
+    return {
+        # One executor per worker (node) with that node's cores; all of them together.
+        "spark.executor.cores": str(cores_per_worker),
+        "spark.cores.max": str(cores),
+        "spark.executor.memory": executor_memory,
+        "spark.driver.memory": driver_memory,
+        "spark.local.dir": os.path.join(scratch, "local"),
+        **jvm_options(cores_per_worker),
+    }
+
+
 def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: str) -> dict:
     result_path = os.path.join(scratch, "trainer-result.json")
     trainer_app = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer.py")
@@ -107,15 +123,7 @@ def run_trainer(cluster: StandaloneCluster, args: argparse.Namespace, scratch: s
         "--learning-rate", str(args.learning_rate),
         "--seed", str(args.seed),
     ]
-    conf = {
-        # One executor per worker (node) with that node's cores; all of them together.
-        "spark.executor.cores": str(cluster.cores_per_worker),
-        "spark.cores.max": str(args.cores),
-        "spark.executor.memory": args.executor_memory,
-        "spark.driver.memory": args.driver_memory,
-        "spark.local.dir": os.path.join(scratch, "local"),
-        **jvm_options(cluster.cores_per_worker),
-    }
+    conf = submit_conf(cluster.cores_per_worker, args.cores, args.executor_memory, args.driver_memory, scratch)
     command = cluster.submit_command(trainer_app, app_args, conf)
     env = cluster.driver_env()
     log.info("spark-submit %s", " ".join(command[1:]))
@@ -351,8 +359,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--executor-memory", default="2g")
-    parser.add_argument("--driver-memory", default="2g")
+    parser.add_argument("--executor-memory", default=EXECUTOR_MEMORY)
+    parser.add_argument("--driver-memory", default=DRIVER_MEMORY)
     parser.add_argument("--worker-memory", default="4g")
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="CPUs of one node (slurm.cores_per_node): a cell of more cores spans "

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def run_probe(args: argparse.Namespace) -> int:
     """Start a 1-core cluster as a cell does and submit this file as its driver."""
-    from dlscale.cell import jvm_options
+    from dlscale.cell import submit_conf
     from dlscale.cluster import StandaloneCluster
     from dlscale.spark_node import SparkInstall
 
@@ -42,8 +42,7 @@ def run_probe(args: argparse.Namespace) -> int:
     cluster = StandaloneCluster(SparkInstall.discover(), scratch, cores_per_worker=1, worker_memory="1g")
     try:
         cluster.start()
-        conf = {"spark.executor.cores": "1", "spark.cores.max": "1", "spark.executor.memory": "1g",
-                "spark.driver.memory": "1g", "spark.local.dir": os.path.join(scratch, "local"), **jvm_options(1)}
+        conf = submit_conf(1, 1, "1g", "1g", scratch)
         command = cluster.submit_command(os.path.abspath(__file__), [
             "--driver", "--train-dir", str(data / "subsets" / ("n%d" % args.size)), "--test-dir", str(data / "test")],
             conf)

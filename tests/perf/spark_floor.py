@@ -1,7 +1,8 @@
 """The floor of a cell's fixed cost: an empty Spark application on a cell's own cluster.
 
 A cell's cluster and driver exactly as a cell starts them (the in-driver master and worker, the
-cell's JVM options, class-data sharing, `spark.authenticate`), confined to ``--cores`` CPUs, and
+cell's Spark properties and JVM options, `dlscale.cell.submit_conf`, class-data sharing,
+`spark.authenticate`), confined to ``--cores`` CPUs, and
 a driver that does nothing but start its SparkContext, run one Python task (which starts the
 executor JVM and its Python worker, as a cell's first data load does) and stop. No BigDL, no
 data, no model. Whatever a cell costs beyond this is BigDL's and the study's own work.
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def one_run(cores: int) -> dict:
-    from dlscale.cell import jvm_options
+    from dlscale.cell import DRIVER_MEMORY, EXECUTOR_MEMORY, submit_conf
     from dlscale.cluster import StandaloneCluster
     from dlscale.spark_node import SparkInstall
 
@@ -41,9 +42,7 @@ def one_run(cores: int) -> dict:
     cluster = StandaloneCluster(SparkInstall.discover(), scratch, cores_per_worker=cores, in_driver=True)
     try:
         cluster.start()
-        conf = {"spark.executor.cores": str(cores), "spark.cores.max": str(cores),
-                "spark.executor.memory": "2g", "spark.driver.memory": "1g",
-                "spark.local.dir": os.path.join(scratch, "local"), **jvm_options(cores)}
+        conf = submit_conf(cores, cores, EXECUTOR_MEMORY, DRIVER_MEMORY, scratch)  # a cell's own
         command = cluster.submit_command(os.path.abspath(__file__), ["--driver", out, "--submitted", repr(time.time())],
                                          conf)
         tick = time.time()
