@@ -5,8 +5,8 @@ warning whichever documented way partition and account are given.
 `snakemake --profile slurm` runs the executor `dlscale-slurm` (src/snakemake_executor_plugin_dlscale_slurm).
 The positive controls run the same commands with the upstream executor `slurm` (2.8.0), which
 never ends after a scancel (sacct says ``CANCELLED by 0``, not ``CANCELLED``). The signal and
-scancel tests use a job that sleeps, not BigDL; the walltime-warning tests cancel each cell
-right after it is submitted and read its sbatch call from sacct's SubmitLine.
+scancel tests use a job that sleeps, not BigDL; the walltime-warning tests read each cell's
+sbatch call from sacct's SubmitLine as soon as it is recorded, then cancel the cell.
 """
 
 from __future__ import annotations
