@@ -66,6 +66,18 @@ def sacct_rows(args: list[str], fields: str, want: int, timeout: float = 60, env
     pytest.fail(f"sacct {' '.join(args)} did not report {want} finished job(s) in {timeout:.0f}s: {rows}")
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every second until it gives a true value, and return that value; fail
+    naming ``what`` if it has not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
 def login_node_env(**extra: str) -> dict:
     """The environment of a user on a login node: no SLURM_* job variables (SLURM_CONF stays)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from slurm_helpers import (POLL_CAP, REPO, SNAKEMAKE, STUDY_SIZE, login_node_env, run, sacct_rows, skip_or_fail,
-                           study_config)
+                           study_config, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -244,13 +244,7 @@ def recorded_submit_line(job: str, timeout: float = 60) -> str:
     job is still queued. Read after a quick scancel, one CI run found the cancelled cell's row
     with an empty SubmitLine: a row slurmdbd creates from a completion message, when no start
     record came first, has none (as_mysql_job_complete, Slurm 22.05); not reproduced by hand."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = submit_lines(job=job).get(job, "")
-        if line:
-            return line
-        time.sleep(0.5)
-    pytest.fail(f"sacct had no submit line for job {job} within {timeout:.0f} s")
+    return wait_until(lambda: submit_lines(job=job).get(job, ""), timeout, f"sacct's submit line of job {job}")
 
 
 def comments(run_id: str) -> dict[str, str]:

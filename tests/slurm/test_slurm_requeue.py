@@ -35,7 +35,7 @@ import pytest
 from slurm_helpers import (STUDY_SIZE, TRAINING_STARTED, LogHistory, cell_paths, job_step_daemons, kill_leftovers,
                            prepared_study, processes_using, profile_command, run, run_uuid, run_with_events,
                            sacct_records, sacct_rows, scratch_of, skip_or_fail, wait_gone, wait_no_job_processes,
-                           node_state, wait_node_empty)
+                           node_state, wait_node_empty, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -64,16 +64,6 @@ def other_jobs_on(node: str, ours: str) -> list[str]:
     """Jobs of anyone (other tests, other users) that hold CPUs on ``node``, ours excluded."""
     res = run(["squeue", "-h", "-w", node, "-t", "RUNNING,COMPLETING,SUSPENDED", "-o", "%i %k"])
     return [line for line in res.stdout.splitlines() if line.split()[0] != ours]
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    pytest.fail(f"{what}: not within {timeout:.0f} s")
 
 
 def last_log_time(text: str) -> dt.datetime:
